@@ -1,0 +1,145 @@
+"""The compressive-memory math of Infini-attention, in one place.
+
+Per head, with sigma(x) = ELU(x) + 1, memory M (d x d) and normaliser z (d):
+  retrieval   A_mem   = sigma(Q) M / (sigma(Q) z)           (denominator clamped at EPS)
+  local       A_local = causal linear attention of sigma(Q), sigma(K), V inside the segment
+  output      g * A_mem + (1 - g) * A_local,  g = sigmoid(gate) per head
+  write       M += sigma(K)^T (V - sigma(K) M / (sigma(K) z))  with the delta rule,
+              M += sigma(K)^T V without it;  z += sum_t sigma(k_t)
+Multi memory: relevance_i = mean over positions of sigma(Q) z_i, softmax over the N memories,
+A_mem = sum_i weight_i * retrieval_i; the k-th segment written goes to memory k mod N.
+Hierarchical: a coarse memory C = sum_i M_i (z_C = sum_i z_i) is read as well, and a learned
+expansion gate p mixes p * (multi-memory read) + (1 - p) * (coarse read).
+
+An empty memory has M = 0 and z = 0, so its retrieval is exactly zero and its relevance is
+zero, as the reference requires, without a special case.
+
+All N memories are read in one matmul over the stacked memories; the local part is the
+quadratic masked form, batched over every segment of the call. Only the memory recurrence
+loops, once per segment. `tests/reference_memory.py` holds the plain float64 form of the same
+math that this one is tested against.
+"""
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EPS = 1e-6
+
+
+def sigma(x: Tensor) -> Tensor:
+    return F.elu(x) + 1.0
+
+
+@dataclass
+class MemoryState:
+    """Memory of one Infini layer.
+
+    memory [B, H, N, d, d] and norm [B, H, N, d]; B is the batch size in sequence scope and 1
+    in stream scope (one memory shared by the batch). `writes` counts the segments written,
+    which picks the round-robin slot of the next write.
+    """
+
+    memory: Tensor
+    norm: Tensor
+    writes: int = 0
+
+    @classmethod
+    def empty(cls, batch: int, heads: int, num_memories: int, head_dim: int, device=None, dtype=torch.float32):
+        memory = torch.zeros(batch, heads, num_memories, head_dim, head_dim, device=device, dtype=dtype)
+        norm = torch.zeros(batch, heads, num_memories, head_dim, device=device, dtype=dtype)
+        return cls(memory, norm, 0)
+
+    def detach(self) -> "MemoryState":
+        return MemoryState(self.memory.detach(), self.norm.detach(), self.writes)
+
+    def to(self, device=None, dtype=None) -> "MemoryState":
+        return MemoryState(self.memory.to(device=device, dtype=dtype), self.norm.to(device=device, dtype=dtype),
+                           self.writes)
+
+
+def local_linear_attention(sq: Tensor, sk: Tensor, v: Tensor, key_mask: Tensor | None = None) -> Tensor:
+    """Causal linear attention inside each segment, quadratic masked form.
+
+    sq, sk, v: [..., S, d] (already through sigma); key_mask: [..., S] with 1 for real tokens.
+    """
+    scores = (sq @ sk.transpose(-1, -2)).tril()
+    if key_mask is not None:
+        scores = scores * key_mask.unsqueeze(-2)
+    return (scores @ v) / scores.sum(-1, keepdim=True).clamp_min(EPS)
+
+
+def read_memory(sq: Tensor, state: MemoryState, expansion_gate: Callable[[Tensor], Tensor] | None,
+                query_mask: Tensor | None = None) -> Tensor:
+    """A_mem for one segment. sq: [B, H, S, d]; query_mask: [B, 1, S] (1 for real tokens)."""
+    memory, norm = state.memory, state.norm                 # [B, H, N, d, d], [B, H, N, d]
+    denominator = sq @ norm.transpose(-1, -2)               # [B, H, S, N]: sigma(q) . z_i
+    if query_mask is None:
+        relevance = denominator.mean(-2, keepdim=True)      # [B, H, 1, N]
+    else:
+        mask = query_mask.unsqueeze(-1)                     # [B, 1, S, 1]
+        relevance = (denominator * mask).sum(-2, keepdim=True) / mask.sum(-2, keepdim=True).clamp_min(1)
+    # sum_i w_i (sigma(q) M_i) / den_i as one matmul over the stacked memories:
+    # [B, H, S, N*d] (row s holds w_i / den_i[s] * sigma(q_s) for each i) @ [B, H, N*d, d].
+    coefficient = relevance.softmax(-1) / denominator.clamp_min(EPS)
+    scaled_queries = (coefficient.unsqueeze(-1) * sq.unsqueeze(-2)).flatten(-2)
+    fine = scaled_queries @ memory.flatten(2, 3)
+    if expansion_gate is None:
+        return fine
+    coarse_memory, coarse_norm = memory.sum(2), norm.sum(2)
+    coarse = (sq @ coarse_memory) / (sq @ coarse_norm.unsqueeze(-1)).clamp_min(EPS)
+    p = expansion_gate(coarse)                              # [B, 1, S, 1]
+    return p * fine + (1 - p) * coarse
+
+
+def write_memory(sk: Tensor, v: Tensor, state: MemoryState, *, delta_rule: bool, shared: bool,
+                 stream_update: str = "mean", key_mask: Tensor | None = None) -> MemoryState:
+    """Write one segment into the round-robin slot. sk, v: [B, H, S, d]; key_mask: [B, 1, S]."""
+    num_memories = state.memory.shape[2]
+    slot = state.writes % num_memories
+    if key_mask is not None:
+        sk = sk * key_mask.unsqueeze(-1)
+    if delta_rule:
+        memory, norm = state.memory[:, :, slot], state.norm[:, :, slot]
+        v = v - (sk @ memory) / (sk @ norm.unsqueeze(-1)).clamp_min(EPS)
+    delta_memory = sk.transpose(-1, -2) @ v                # [B, H, d, d]
+    delta_norm = sk.sum(-2)                                 # [B, H, d]
+    if shared:
+        delta_memory = delta_memory.mean(0, keepdim=True)
+        delta_norm = delta_norm.mean(0, keepdim=True)
+        if stream_update == "reference":
+            length = sk.shape[-2] if key_mask is None else key_mask.sum(-1).amax()
+            delta_memory = delta_memory / length
+    if num_memories == 1:
+        return MemoryState(state.memory + delta_memory.unsqueeze(2), state.norm + delta_norm.unsqueeze(2),
+                           state.writes + 1)
+    onehot = F.one_hot(torch.tensor(slot, device=sk.device), num_memories).to(sk.dtype)
+    memory = state.memory + onehot.view(1, 1, -1, 1, 1) * delta_memory.unsqueeze(2)
+    norm = state.norm + onehot.view(1, 1, -1, 1) * delta_norm.unsqueeze(2)
+    return MemoryState(memory, norm, state.writes + 1)
+
+
+def infini_attention(q: Tensor, k: Tensor, v: Tensor, state: MemoryState, gate: Tensor, *,
+                     delta_rule: bool, shared: bool, stream_update: str = "mean",
+                     expansion_gate: Callable[[Tensor], Tensor] | None = None,
+                     valid: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+    """Infini-attention over T consecutive segments.
+
+    q, k, v: [B, H, T, S, d]; gate: [H]; valid: [B, T, S] (1 for real tokens) or None.
+    Each segment reads the memory as left by the segments before it, then writes itself.
+    Returns the attention output [B, H, T, S, d] and the memory after the last segment.
+    """
+    sq, sk = sigma(q), sigma(k)
+    mask = None if valid is None else valid.unsqueeze(1).to(q.dtype)   # [B, 1, T, S]
+    local = local_linear_attention(sq, sk, v, mask)
+    reads = []
+    for t in range(q.shape[2]):
+        mask_t = None if mask is None else mask[:, :, t]
+        reads.append(read_memory(sq[:, :, t], state, expansion_gate, mask_t))
+        state = write_memory(sk[:, :, t], v[:, :, t], state, delta_rule=delta_rule, shared=shared,
+                             stream_update=stream_update, key_mask=mask_t)
+    g = torch.sigmoid(gate).view(1, -1, 1, 1, 1)
+    return g * torch.stack(reads, 2) + (1 - g) * local, state

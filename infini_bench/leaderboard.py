@@ -1,0 +1,174 @@
+"""Leaderboard: markdown tables (pandas + tabulate) and PNG plots, rebuilt from results.json files.
+
+Every number shown is read from one run directory's results.json, so the leaderboard can be
+rebuilt at any time (`python -m infini_bench.leaderboard <output-dir> <suite>`) and two runs
+finishing together cannot lose each other's rows.
+"""
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .io import atomic_write_text
+
+
+def load_results(runs_dir: Path) -> list[dict]:
+    results = []
+    for path in sorted(Path(runs_dir).glob("*/results.json")):
+        results.append(json.loads(path.read_text()))
+    return sorted(results, key=lambda r: r.get("order", 0))
+
+
+def _fmt(value, digits=1):
+    if value is None or (isinstance(value, float) and value != value):
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _kilobytes(n):
+    return "—" if not n else f"{n / 1000:.0f} KB"
+
+
+def summary_table(results):
+    rows = []
+    for r in results:
+        rows.append({
+            "model": r["model"],
+            "best val PPL": _fmt(r["best_val_ppl"], 2),
+            "best epoch": r["best_epoch"],
+            "epochs run": r["epochs_trained"],
+            "recall-token PPL": _fmt(r["validation"].get("recall_ppl"), 2),
+            "memory state": _kilobytes(r["memory_bytes"]),
+            "parameters": f"{r['parameters']:,}",
+            "train time": f"{r['train_time_s'] / 60:.1f} min",
+        })
+    return pd.DataFrame(rows)
+
+
+def curves_table(results):
+    epochs = sorted({c["epoch"] for r in results for c in r["curve"]})
+    table = {"epoch": epochs}
+    for r in results:
+        by_epoch = {c["epoch"]: c for c in r["curve"]}
+        table[f"{r['model']} (train / val)"] = [
+            f"{_fmt(by_epoch[e].get('train_ppl'))} / {_fmt(by_epoch[e]['val_ppl'])}" if e in by_epoch else "—"
+            for e in epochs]
+    return pd.DataFrame(table)
+
+
+def position_table(results):
+    bins = list(results[0]["validation"]["position_ppl"])
+    table = {"positions": bins}
+    for r in results:
+        table[r["model"]] = [_fmt(r["validation"]["position_ppl"].get(b)) for b in bins]
+    return pd.DataFrame(table)
+
+
+def reversal_table(results):
+    rows = []
+    for r in results:
+        rev = r["reversal"]
+        rows.append({
+            "model": r["model"],
+            "forward PPL": _fmt(rev["forward_ppl"]),
+            "backward PPL": _fmt(rev["backward_ppl"]),
+            "gap": _fmt(rev["ppl_gap"]),
+            "forward acc": f"{rev['forward_acc']:.3f} ± {rev['forward_acc_stderr']:.3f}",
+            "backward acc": f"{rev['backward_acc']:.3f} ± {rev['backward_acc_stderr']:.3f}",
+        })
+    return pd.DataFrame(rows)
+
+
+def _markdown(df):
+    return df.to_markdown(index=False, disable_numparse=True)
+
+
+def _save_png(fig, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def plot(results, plot_dir: Path, suite: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        epochs = [c["epoch"] for c in r["curve"]]
+        line, = ax.plot(epochs, [c["val_ppl"] for c in r["curve"]], marker="o", label=f"{r['model']} val")
+        ax.plot(epochs, [c.get("train_ppl") for c in r["curve"]], linestyle="--", color=line.get_color(),
+                label=f"{r['model']} train")
+    ax.set(xlabel="epoch", ylabel="PPL (log scale)", yscale="log", title=f"{suite}: learning curves")
+    ax.legend(fontsize=7)
+    paths.append(plot_dir / f"{suite}-learning-curves.png")
+    _save_png(fig, paths[-1])
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bins = list(results[0]["validation"]["position_ppl"])
+    for r in results:
+        ax.plot(bins, [r["validation"]["position_ppl"][b] for b in bins], marker="o", label=r["model"])
+    ax.set(xlabel="token positions in the sample", ylabel="validation PPL", title=f"{suite}: PPL by position")
+    ax.legend(fontsize=8)
+    paths.append(plot_dir / f"{suite}-position-ppl.png")
+    _save_png(fig, paths[-1])
+    plt.close(fig)
+    return paths
+
+
+def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, description: str = "") -> Path | None:
+    """Rebuild `leaderboard/<suite>.md` and its plots from every results.json of the suite."""
+    results = load_results(runs_dir)
+    if not results:
+        return None
+    leaderboard_dir = Path(leaderboard_dir)
+    plots = plot(results, leaderboard_dir / "plots", suite)
+    first = results[0]
+    lines = [f"# {suite}", ""]
+    if description:
+        lines += [description.strip(), ""]
+    lines += [f"Preset `{first['preset']}`, data `{first['data']['source']}` "
+              f"({first['data']['train_samples']} train / {first['data']['validation_samples']} validation samples "
+              f"of {first['data']['sample_len']} tokens, tokenizer `{first['data']['tokenizer']}`), "
+              f"device `{first['device']}`. Each row comes from `runs/{suite}/<model>/results.json`.", ""]
+    lines += ["## Summary", "", _markdown(summary_table(results)), ""]
+    lines += ["## Learning curves (PPL)", "", _markdown(curves_table(results)), "",
+              f"![learning curves](plots/{plots[0].name})", ""]
+    lines += ["## Validation PPL by token position", "", _markdown(position_table(results)), "",
+              f"![position-wise PPL](plots/{plots[1].name})", ""]
+    lines += ["## Reversal curse", "",
+              f"PPL of whole fact sentences (forward = as trained, backward = reversed; the reference's "
+              f"definition) and accuracy of ranking the right answer first among "
+              f"{first['reversal']['distractors']} distractors ({first['reversal']['facts']} facts).", "",
+              _markdown(reversal_table(results)), ""]
+    path = leaderboard_dir / f"{suite}.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description="Rebuild a suite's leaderboard from its results.json files")
+    parser.add_argument("output_dir")
+    parser.add_argument("suite")
+    args = parser.parse_args()
+    root = Path(args.output_dir)
+    print(write_leaderboard(root / "runs" / args.suite, root / "leaderboard", args.suite))
+
+
+if __name__ == "__main__":
+    main()

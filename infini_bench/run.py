@@ -1,0 +1,174 @@
+"""`python -m infini_bench.run --suite core`: train and evaluate a suite's models, write the leaderboard."""
+
+import argparse
+import importlib.metadata
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PACKAGES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors", "deepspeed", "lm_eval",
+            "ray", "pandas", "numpy", "infini-bench")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse_args(argv=None):
+    parser = _Parser(prog="python -m infini_bench.run", description=__doc__)
+    parser.add_argument("--suite", required=True, help="suite name (configs/suites/<name>.yaml) or a YAML path")
+    parser.add_argument("--preset", help="model dims: pythia-14m, pythia-70m, pythia-160m, pythia-410m")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--data", help="embedded, pile, pg19, pile:<local mirror>, or a local file/folder")
+    parser.add_argument("--output-dir", default=".", help="runs/ and leaderboard/ are written here")
+    parser.add_argument("--seed", type=int, help="data and training seed (default: the suite's)")
+    parser.add_argument("--max-epochs", type=int, help="override the suite's training.max_epochs")
+    parser.add_argument("--deepspeed", help="DeepSpeed JSON config, passed to the Trainer")
+    return parser.parse_args(argv)
+
+
+def environment() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    repo = Path(__file__).resolve().parents[1]
+    commit = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        commit += "-dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    import torch
+
+    return {"packages": versions, "git_commit": commit, "python": platform.python_version(),
+            "platform": platform.platform(), "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch_threads": torch.get_num_threads()}
+
+
+def model_vocab_size(tokenizer) -> int:
+    """The tokenizer's size rounded up to a multiple of 128 (Pythia: 50,277 -> 50,304)."""
+    return -(-len(tokenizer) // 128) * 128
+
+
+def run_model(config, spec, data, device, env, order: int) -> dict:
+    import torch
+    from transformers import set_seed
+
+    from .evaluation import lm_metrics, reversal_metrics, sample_token_nll
+    from .io import atomic_write_json
+    from .models import build_model
+    from .training import autocast_dtype, train
+
+    run_dir = config.runs_dir / spec.slug
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").unlink(missing_ok=True)
+    model_config = config.model_config(spec, vocab_size=model_vocab_size(data.tokenizer))
+    atomic_write_json(run_dir / "run_config.json", {"run": config.to_dict(), "model_name": spec.name,
+                                                    "model": model_config.to_dict(), "data": data.info})
+    atomic_write_json(run_dir / "environment.json", env)
+    set_seed(config.training.seed)
+    model = build_model(model_config)
+    parameters = sum(p.numel() for p in model.parameters())
+    model, train_time = train(model, data, run_dir, config.training, config.evaluation, device)
+
+    precision = autocast_dtype(device)
+    model.to(device)
+    nll = sample_token_nll(model, data.validation["input_ids"], config.evaluation.batch_size, device, precision)
+    validation = lm_metrics(nll, data.validation["recall"], config.evaluation.position_bins, config.data.sample_len)
+    reversal = reversal_metrics(model, data.tokenizer, data.facts, config.evaluation.num_distractors,
+                                config.evaluation.batch_size, device, precision, seed=config.data.seed)
+    curve = [_epoch_record(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    best = min(curve, key=lambda c: c["val_ppl"])
+    memory = model.memory_info() if hasattr(model, "memory_info") else None
+    results = {
+        "suite": config.suite, "model": spec.name, "slug": spec.slug, "order": order,
+        "memory_type": model_config.memory_type, "num_memories": model_config.num_memories,
+        "memory_scope": model_config.memory_scope, "segment_len": model_config.segment_len,
+        "preset": config.preset, "device": str(device), "seed": config.training.seed,
+        "parameters": parameters, "memory_bytes": memory["total_bytes"] if memory else 0,
+        "best_epoch": best["epoch"], "epochs_trained": len(curve), "best_val_ppl": validation["ppl"],
+        "validation": validation, "reversal": reversal, "curve": curve, "train_time_s": train_time,
+        "data": data.info, "git_commit": env["git_commit"],
+    }
+    atomic_write_json(run_dir / "results.json", results)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return results
+
+
+def _epoch_record(line: str) -> dict:
+    import json
+
+    m = json.loads(line)
+    return {"epoch": m["epoch"], "train_ppl": m.get("train_ppl"), "val_ppl": m["eval_ppl"],
+            "recall_ppl": m.get("eval_recall_ppl")}
+
+
+def run_suite(config, device, data) -> Path | None:
+    from .leaderboard import write_leaderboard
+
+    env = environment()
+    print(f"data: {data.info['train_samples']} train ({data.info['reversal_samples']} of them reversal facts) / "
+          f"{data.info['validation_samples']} validation samples, tokenizer {data.info['tokenizer']} "
+          f"({data.info['vocab_size']} tokens)", flush=True)
+    leaderboard = None
+    for order, spec in enumerate(config.models):
+        start = time.perf_counter()
+        print(f"== {spec.name} ==", flush=True)
+        results = run_model(config, spec, data, device, env, order)
+        print(f"{spec.name}: best val PPL {results['best_val_ppl']:.2f} at epoch {results['best_epoch']}, "
+              f"recall PPL {results['validation'].get('recall_ppl') or float('nan'):.2f}, "
+              f"{time.perf_counter() - start:.0f}s", flush=True)
+        leaderboard = write_leaderboard(config.runs_dir, config.leaderboard_dir, config.suite, config.description)
+    return leaderboard
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from .suites import load_run_config
+    from .training import pick_device
+
+    try:
+        device = pick_device(args.device)
+        config = load_run_config(args.suite, device.type, preset=args.preset, data=args.data,
+                                 output_dir=args.output_dir, seed=args.seed, deepspeed=args.deepspeed,
+                                 max_epochs=args.max_epochs)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"suite {config.suite} ({config.suite_file}) on {device}: preset {config.preset}, "
+          f"data {config.data.source} ({config.data.num_samples} x {config.data.sample_len}, tokenizer "
+          f"{config.data.tokenizer}), lr {config.training.lr}, batch {config.training.batch_size}, "
+          f"up to {config.training.max_epochs} epochs (patience {config.training.patience}), seed "
+          f"{config.training.seed}, output {Path(config.output_dir).resolve()}", flush=True)
+    for spec in config.models:
+        print(f"  model {spec.name}: {spec.overrides}", flush=True)
+    start = time.perf_counter()
+    from .data import prepare_data
+
+    cache_dir = Path(os.environ.get("INFINI_BENCH_CACHE", Path.home() / ".cache" / "infini_bench"))
+    try:
+        data = prepare_data(config.data, cache_dir)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    leaderboard = run_suite(config, device, data)
+    print(f"leaderboard: {leaderboard} ({(time.perf_counter() - start) / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

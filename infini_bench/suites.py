@@ -1,0 +1,223 @@
+"""Suite YAML + CLI flags -> one validated RunConfig, recorded in every run directory.
+
+A suite file (configs/suites/<name>.yaml) has the sections:
+  name, description
+  models:        list of {name, <InfiniPythiaConfig fields>}; `model_defaults` apply to all
+  data:          DataConfig fields
+  training:      TrainConfig fields
+  evaluation:    EvalConfig fields
+  profiles:      {cpu: {...}, cuda: {...}}: preset and section overrides picked by device
+"""
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .data import DataConfig
+from .training import EvalConfig, TrainConfig
+
+SUITE_KEYS = {"name", "description", "models", "model_defaults", "data", "training", "evaluation", "profiles"}
+PROFILE_KEYS = {"preset", "model_defaults", "data", "training", "evaluation"}
+SECTIONS = {"data": DataConfig, "training": TrainConfig, "evaluation": EvalConfig}
+
+
+def suite_dirs() -> list[Path]:
+    """Where suites are looked up: ./configs/suites, then the repository's configs/suites."""
+    return [Path.cwd() / "configs" / "suites", Path(__file__).resolve().parents[1] / "configs" / "suites"]
+
+
+def available_suites() -> list[str]:
+    names = set()
+    for d in suite_dirs():
+        names.update(p.stem for p in d.glob("*.yaml"))
+    return sorted(names)
+
+
+def find_suite(name: str) -> Path:
+    if name.endswith((".yaml", ".yml")):
+        if not Path(name).is_file():
+            raise ValueError(f"suite: file {name!r} does not exist")
+        return Path(name)
+    for d in suite_dirs():
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    raise ValueError(f"suite: unknown {name!r}; accepted: {', '.join(available_suites())} or a .yaml path")
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    overrides: dict
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+
+@dataclass
+class RunConfig:
+    suite: str
+    suite_file: str
+    description: str
+    preset: str
+    device: str
+    output_dir: str
+    models: list[ModelSpec]
+    data: DataConfig = field(default_factory=DataConfig)
+    training: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @property
+    def runs_dir(self) -> Path:
+        return Path(self.output_dir) / "runs" / self.suite
+
+    @property
+    def leaderboard_dir(self) -> Path:
+        return Path(self.output_dir) / "leaderboard"
+
+    def model_config(self, spec: ModelSpec, vocab_size: int | None = None):
+        from .models import InfiniPythiaConfig
+
+        known = {f.name for f in dataclasses.fields(InfiniPythiaConfig)} - {"architectures", "transformers_version"}
+        unknown = sorted(set(spec.overrides) - known)
+        if unknown:
+            raise ValueError(f"models.{spec.name}.{unknown[0]}: unknown key; accepted: memory_type, num_memories, "
+                             "use_delta_rule, infini_layers, segment_len, memory_scope, stream_update, or a GPT-NeoX "
+                             "config field")
+        overrides = dict(spec.overrides)
+        if vocab_size is not None:
+            overrides["vocab_size"] = vocab_size
+        return InfiniPythiaConfig.from_preset(self.preset, **overrides)
+
+
+def _check_type(where, value, expected):
+    """Accept ints for floats; reject bools where numbers are expected."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, float) and isinstance(value, bool):
+        raise ValueError(f"{where}: expected {expected.__name__}, got {value!r}")
+    if expected is tuple and isinstance(value, list):
+        return tuple(value)
+    if not isinstance(value, expected):
+        raise ValueError(f"{where}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def _apply(section_name, obj, values: dict):
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if not isinstance(values, dict):
+        raise ValueError(f"{section_name}: expected a mapping of {', '.join(fields)}")
+    for key, value in values.items():
+        if key not in fields:
+            raise ValueError(f"{section_name}.{key}: unknown key; accepted: {', '.join(fields)}")
+        default = getattr(obj, key)
+        expected = type(default) if default is not None else str
+        setattr(obj, key, value if value is None and default is None else
+                _check_type(f"{section_name}.{key}", value, expected))
+
+
+def _validate(config: RunConfig):
+    d, t, e = config.data, config.training, config.evaluation
+    for where, value in [("data.num_samples", d.num_samples), ("data.sample_len", d.sample_len),
+                         ("data.vocab_size", d.vocab_size), ("training.batch_size", t.batch_size),
+                         ("training.max_epochs", t.max_epochs), ("training.patience", t.patience),
+                         ("evaluation.batch_size", e.batch_size), ("evaluation.num_distractors", e.num_distractors)]:
+        if value < 1:
+            raise ValueError(f"{where}: expected a positive integer, got {value}")
+    if d.sample_len < 2:
+        raise ValueError(f"data.sample_len: expected at least 2, got {d.sample_len}")
+    if not 0 < d.val_fraction < 1:
+        raise ValueError(f"data.val_fraction: expected a number between 0 and 1, got {d.val_fraction}")
+    if d.reversal_facts < 11 or d.reversal_repeats < 0:
+        raise ValueError("data.reversal_facts: expected at least 11 (10 distractors need 10 other facts)")
+    if t.lr <= 0 or t.max_grad_norm <= 0 or t.weight_decay < 0:
+        raise ValueError(f"training.lr / max_grad_norm: expected positive numbers, got {t.lr} / {t.max_grad_norm}")
+    if t.deepspeed is not None and not Path(t.deepspeed).is_file():
+        raise ValueError(f"training.deepspeed: config file {t.deepspeed!r} does not exist")
+    if not all(isinstance(b, int) and b >= 0 for b in e.position_bins) or 0 not in e.position_bins:
+        raise ValueError(f"evaluation.position_bins: expected non-negative integers starting at 0, got "
+                         f"{list(e.position_bins)}")
+    from .data.sources import parse_source
+
+    parse_source(d.source)
+    if not config.models:
+        raise ValueError("models: expected a non-empty list")
+    slugs = set()
+    for spec in config.models:
+        model = config.model_config(spec)
+        if model.memory_type != "none" and model.segment_len > d.sample_len:
+            raise ValueError(f"segment_len: {model.segment_len} (model {spec.name!r}) is larger than the sample "
+                             f"(data.sample_len = {d.sample_len}); accepted: 1..{d.sample_len}")
+        if spec.slug in slugs:
+            raise ValueError(f"models: two models named {spec.name!r}")
+        slugs.add(spec.slug)
+    _check_writable(Path(config.output_dir))
+
+
+def _check_writable(path: Path):
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"output-dir: {str(path)!r} is not writable")
+
+
+def load_run_config(suite: str, device: str, preset: str | None = None, data: str | None = None,
+                    output_dir: str = ".", seed: int | None = None, deepspeed: str | None = None,
+                    max_epochs: int | None = None) -> RunConfig:
+    """Resolve a suite for a device ("cpu" or "cuda"); raises ValueError naming the bad field."""
+    from .models import PRESETS
+
+    path = find_suite(suite)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"suite: {path} is not valid YAML ({error.__class__.__name__})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"suite: {path} must be a mapping with keys {', '.join(sorted(SUITE_KEYS))}")
+    unknown = set(raw) - SUITE_KEYS
+    if unknown:
+        raise ValueError(f"suite.{sorted(unknown)[0]}: unknown key; accepted: {', '.join(sorted(SUITE_KEYS))}")
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict) or set(profiles) - {"cpu", "cuda"}:
+        raise ValueError("suite.profiles: expected a mapping with keys cpu, cuda")
+    profile = profiles.get(device) or {}
+    if set(profile) - PROFILE_KEYS:
+        raise ValueError(f"suite.profiles.{device}.{sorted(set(profile) - PROFILE_KEYS)[0]}: unknown key; "
+                         f"accepted: {', '.join(sorted(PROFILE_KEYS))}")
+
+    config = RunConfig(suite=raw.get("name", path.stem), suite_file=str(path), description=raw.get("description", ""),
+                       preset=preset or profile.get("preset", "pythia-70m"), device=device, output_dir=output_dir,
+                       models=[])
+    if config.preset not in PRESETS:
+        raise ValueError(f"preset: unknown {config.preset!r}; accepted: {', '.join(PRESETS)}")
+    for name, cls in SECTIONS.items():
+        section = getattr(config, name)
+        _apply(name, section, raw.get(name) or {})
+        _apply(f"profiles.{device}.{name}", section, profile.get(name) or {})
+    if data is not None:
+        config.data.source = data
+    if seed is not None:
+        config.data.seed = config.training.seed = seed
+    if deepspeed is not None:
+        config.training.deepspeed = deepspeed
+    if max_epochs is not None:
+        config.training.max_epochs = max_epochs
+    defaults = {**(raw.get("model_defaults") or {}), **(profile.get("model_defaults") or {})}
+    for i, entry in enumerate(raw.get("models") or []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise ValueError(f"models[{i}]: expected a mapping with a 'name'")
+        overrides = {**defaults, **{k: v for k, v in entry.items() if k != "name"}}
+        config.models.append(ModelSpec(entry["name"], overrides))
+    try:
+        _validate(config)
+    except TypeError as error:
+        raise ValueError(f"models: {error}") from None
+    return config

@@ -1,0 +1,160 @@
+"""Training with HF Trainer in the reference protocol, evaluation through `evaluation.py`.
+
+Reference defaults: AdamW, lr 1e-4, batch 8, gradient clipping 1.0, constant learning rate,
+up to 30 epochs, evaluation each epoch, early stopping with patience 1 on validation PPL, best
+checkpoint kept. Stream-scope memory is reset at each epoch start and before each evaluation.
+"""
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+
+from .evaluation import REFERENCE_BINS, lm_metrics, reset_memory, sample_token_nll
+from .io import append_jsonl
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-4
+    batch_size: int = 8
+    max_epochs: int = 30
+    patience: int = 1
+    max_grad_norm: float = 1.0
+    weight_decay: float = 0.01     # torch's AdamW default, as in the reference
+    seed: int = 42
+    logging_steps: int = 50
+    deepspeed: str | None = None
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 16
+    position_bins: tuple = REFERENCE_BINS
+    num_distractors: int = 10
+
+
+def pick_device(requested: str = "auto") -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' requested but no CUDA device is available; accepted here: auto, cpu")
+    return torch.device(requested)
+
+
+def autocast_dtype(device: torch.device):
+    """bf16 on CUDA where supported, full precision elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
+def collate(features):
+    """Fixed-length samples: labels are the inputs (the model shifts them)."""
+    ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
+    return {"input_ids": ids, "labels": ids.clone()}
+
+
+class ResetStreamMemory(TrainerCallback):
+    def on_epoch_begin(self, args, state, control, model=None, **kwargs):
+        reset_memory(model)
+
+
+class EpochLog(TrainerCallback):
+    """One jsonl line per epoch: train PPL, validation metrics."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if state.is_world_process_zero:
+            append_jsonl(self.path, {"epoch": round(state.epoch or 0), "step": state.global_step, **metrics})
+
+
+class InfiniTrainer(Trainer):
+    """Trainer whose evaluation is infini-bench's own (per-token losses, recall and position PPL)."""
+
+    def __init__(self, *args, eval_config: EvalConfig = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_config = eval_config
+        self._train_loss_sum, self._train_loss_count = 0.0, 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            loss = result[0] if return_outputs else result
+            self._train_loss_sum += loss.detach().float().item()
+            self._train_loss_count += 1
+        return result
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        device, validation = self.args.device, self.eval_dataset
+        nll = sample_token_nll(self.model, validation["input_ids"], self.eval_config.batch_size, device,
+                               autocast_dtype(device) if self.args.bf16 else None)
+        lm = lm_metrics(nll, validation["recall"], self.eval_config.position_bins, len(validation[0]["input_ids"]))
+        metrics = {f"{metric_key_prefix}_ppl": lm["ppl"], f"{metric_key_prefix}_recall_ppl": lm.get("recall_ppl")}
+        metrics.update({f"{metric_key_prefix}_ppl_pos_{k}": v for k, v in lm["position_ppl"].items()})
+        if self._train_loss_count:
+            metrics["train_ppl"] = math.exp(self._train_loss_sum / self._train_loss_count)
+            self._train_loss_sum, self._train_loss_count = 0.0, 0
+        self.log({k: v for k, v in metrics.items() if v is not None})
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConfig, device: torch.device):
+    """Train `model` on `data` (a DataBundle) into `run_dir`; the best model ends up in `run_dir`.
+
+    Returns the per-epoch metrics and the training time."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    cuda = device.type == "cuda"
+    args = TrainingArguments(
+        output_dir=str(run_dir / "trainer"),
+        per_device_train_batch_size=config.batch_size,
+        learning_rate=config.lr,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type="constant",
+        num_train_epochs=config.max_epochs,
+        max_grad_norm=config.max_grad_norm,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="steps",
+        logging_steps=config.logging_steps,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_ppl",
+        greater_is_better=False,
+        save_total_limit=2,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(),
+        tf32=cuda or None,
+        deepspeed=config.deepspeed,
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    epoch_log = run_dir / "metrics.jsonl"
+    epoch_log.unlink(missing_ok=True)
+    trainer = InfiniTrainer(
+        model=model, args=args, train_dataset=data.train, data_collator=collate,
+        eval_dataset=data.validation, eval_config=eval_config,
+        callbacks=[ResetStreamMemory(), EarlyStoppingCallback(early_stopping_patience=config.patience),
+                   EpochLog(epoch_log), TensorBoardCallback(SummaryWriter(str(run_dir / "tensorboard")))],
+    )
+    start = time.perf_counter()
+    trainer.train()
+    elapsed = time.perf_counter() - start
+    # Reload the best checkpoint with from_pretrained: the Trainer's own best-model reload
+    # (transformers 5.x) skips the key renaming of GPTNeoX checkpoints (lm_head is saved as
+    # embed_out) and would leave the last epoch's output layer in the baseline.
+    model = type(trainer.model).from_pretrained(trainer.state.best_model_checkpoint).to(device)
+    reset_memory(model)
+    model.save_pretrained(run_dir)
+    data.tokenizer.save_pretrained(run_dir)
+    shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+    return model, elapsed

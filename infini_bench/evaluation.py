@@ -75,8 +75,8 @@ def lm_metrics(nll: np.ndarray, recall: np.ndarray | None, bins=REFERENCE_BINS, 
 @torch.no_grad()
 def token_logprobs(model, token_lists, batch_size: int, device, autocast_dtype=None):
     """For each token list: log p(t_{i+1} | t_0..t_i) for i = 0..n-2, and whether each target was
-    the argmax. Rows are right-padded into batches of similar length; each batch starts from an
-    empty memory, so results do not depend on batching order."""
+    the argmax. Rows are right-padded into batches of similar length; every row has its own empty
+    memory (also in stream scope), so results do not depend on batching."""
     model.eval()
     results = [None] * len(token_lists)
     order = sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i]))
@@ -88,9 +88,9 @@ def token_logprobs(model, token_lists, batch_size: int, device, autocast_dtype=N
         for row, i in enumerate(chunk):
             ids[row, :len(token_lists[i])] = torch.tensor(token_lists[i])
             mask[row, :len(token_lists[i])] = 1
-        reset_memory(model)
+        memory = {"memory_state": model.empty_memory(len(chunk))} if hasattr(model, "empty_memory") else {}
         with _autocast(device, autocast_dtype):
-            logits = model(ids.to(device), attention_mask=mask.to(device)).logits
+            logits = model(ids.to(device), attention_mask=mask.to(device), **memory).logits
         logprobs = torch.log_softmax(logits.float(), -1).cpu()
         for row, i in enumerate(chunk):
             n = len(token_lists[i])
@@ -98,7 +98,6 @@ def token_logprobs(model, token_lists, batch_size: int, device, autocast_dtype=N
             predicted = logprobs[row, :n - 1]
             results[i] = (predicted.gather(-1, targets[:, None])[:, 0].double().numpy(),
                           (predicted.argmax(-1) == targets).numpy())
-    reset_memory(model)
     return results
 
 

@@ -39,8 +39,7 @@ def fast(q, k, v, gate, num_memories, delta_rule, mlp=None, shared=False, stream
         return torch.sigmoid(mlp(coarse.transpose(1, 2).reshape(b, s, h * d))).view(b, 1, s, 1)
 
     state = MemoryState.empty(1 if shared else B, H, num_memories, D, dtype=torch.float64)
-    out, state = infini_attention(q, k, v, state, gate, delta_rule=delta_rule, shared=shared,
-                                  stream_update=stream_update, expansion_gate=gate_fn if mlp else None,
+    out, state = infini_attention(q, k, v, state, gate, delta_rule=delta_rule, stream_update=stream_update, expansion_gate=gate_fn if mlp else None,
                                   valid=valid)
     return out.reshape(B, H, segments * SEGMENT, D)[:, :, :length], state
 

@@ -229,3 +229,16 @@ def test_config_rejects_bad_values(overrides, field):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="^preset: unknown 'pythia-1b'; accepted: pythia-14m, pythia-70m"):
         InfiniPythiaConfig.from_preset("pythia-1b")
+
+
+def test_explicit_per_row_memory_in_stream_scope_matches_sequence_scope():
+    stream = tiny("multi", 2, memory_scope="stream", seed=7)
+    sequence = tiny("multi", 2, memory_scope="sequence", seed=7)
+    x = tokens(3, 30)
+    with torch.no_grad():
+        stream(x)  # give the carried stream memory some content
+        carried = stream._stream_state
+        out = stream(x, memory_state=stream.empty_memory(3))
+        assert stream._stream_state is carried  # an explicit memory leaves the carried one alone
+        assert torch.allclose(out.logits, sequence(x).logits, atol=1e-6)
+        assert out.memory_state[0].memory.shape[0] == 3

@@ -38,8 +38,8 @@ def sigma(x: Tensor) -> Tensor:
 class MemoryState:
     """Memory of one Infini layer.
 
-    memory [B, H, N, d, d] and norm [B, H, N, d]; B is the batch size in sequence scope and 1
-    in stream scope (one memory shared by the batch). `writes` counts the segments written,
+    memory [B, H, N, d, d] and norm [B, H, N, d]; B is the batch size (a memory per row) or 1
+    (one memory shared by the batch: stream scope). `writes` counts the segments written,
     which picks the round-robin slot of the next write.
     """
 
@@ -95,9 +95,12 @@ def read_memory(sq: Tensor, state: MemoryState, expansion_gate: Callable[[Tensor
     return p * fine + (1 - p) * coarse
 
 
-def write_memory(sk: Tensor, v: Tensor, state: MemoryState, *, delta_rule: bool, shared: bool,
-                 stream_update: str = "mean", key_mask: Tensor | None = None) -> MemoryState:
-    """Write one segment into the round-robin slot. sk, v: [B, H, S, d]; key_mask: [B, 1, S]."""
+def write_memory(sk: Tensor, v: Tensor, state: MemoryState, *, delta_rule: bool, stream_update: str = "mean",
+                 key_mask: Tensor | None = None) -> MemoryState:
+    """Write one segment into the round-robin slot. sk, v: [B, H, S, d]; key_mask: [B, 1, S].
+
+    A state with batch size 1 written by B > 1 rows is one memory shared by the batch: the rows'
+    updates are averaged. stream_update "reference" also divides M's update by the segment length."""
     num_memories = state.memory.shape[2]
     slot = state.writes % num_memories
     if key_mask is not None:
@@ -107,12 +110,12 @@ def write_memory(sk: Tensor, v: Tensor, state: MemoryState, *, delta_rule: bool,
         v = v - (sk @ memory) / (sk @ norm.unsqueeze(-1)).clamp_min(EPS)
     delta_memory = sk.transpose(-1, -2) @ v                # [B, H, d, d]
     delta_norm = sk.sum(-2)                                 # [B, H, d]
-    if shared:
+    if state.memory.shape[0] == 1 and sk.shape[0] > 1:
         delta_memory = delta_memory.mean(0, keepdim=True)
         delta_norm = delta_norm.mean(0, keepdim=True)
-        if stream_update == "reference":
-            length = sk.shape[-2] if key_mask is None else key_mask.sum(-1).amax()
-            delta_memory = delta_memory / length
+    if stream_update == "reference":
+        length = sk.shape[-2] if key_mask is None else key_mask.sum(-1).amax()
+        delta_memory = delta_memory / length
     if num_memories == 1:
         return MemoryState(state.memory + delta_memory.unsqueeze(2), state.norm + delta_norm.unsqueeze(2),
                            state.writes + 1)
@@ -123,12 +126,13 @@ def write_memory(sk: Tensor, v: Tensor, state: MemoryState, *, delta_rule: bool,
 
 
 def infini_attention(q: Tensor, k: Tensor, v: Tensor, state: MemoryState, gate: Tensor, *,
-                     delta_rule: bool, shared: bool, stream_update: str = "mean",
+                     delta_rule: bool, stream_update: str = "mean",
                      expansion_gate: Callable[[Tensor], Tensor] | None = None,
                      valid: Tensor | None = None) -> tuple[Tensor, MemoryState]:
     """Infini-attention over T consecutive segments.
 
     q, k, v: [B, H, T, S, d]; gate: [H]; valid: [B, T, S] (1 for real tokens) or None.
+    `state` has batch size B (a memory per row) or 1 (one memory shared by the batch).
     Each segment reads the memory as left by the segments before it, then writes itself.
     Returns the attention output [B, H, T, S, d] and the memory after the last segment.
     """
@@ -139,7 +143,7 @@ def infini_attention(q: Tensor, k: Tensor, v: Tensor, state: MemoryState, gate: 
     for t in range(q.shape[2]):
         mask_t = None if mask is None else mask[:, :, t]
         reads.append(read_memory(sq[:, :, t], state, expansion_gate, mask_t))
-        state = write_memory(sk[:, :, t], v[:, :, t], state, delta_rule=delta_rule, shared=shared,
-                             stream_update=stream_update, key_mask=mask_t)
+        state = write_memory(sk[:, :, t], v[:, :, t], state, delta_rule=delta_rule, stream_update=stream_update,
+                             key_mask=mask_t)
     g = torch.sigmoid(gate).view(1, -1, 1, 1, 1)
     return g * torch.stack(reads, 2) + (1 - g) * local, state

@@ -62,8 +62,7 @@ class InfiniAttention(nn.Module):
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             out, state = infini_attention(
                 q, k, v, state.to(dtype=compute_dtype), self.gate.to(compute_dtype),
-                delta_rule=self.config.use_delta_rule, shared=self.config.memory_scope == "stream",
-                stream_update=self.config.stream_update,
+                delta_rule=self.config.use_delta_rule, stream_update=self.config.stream_update,
                 expansion_gate=self.expansion_probability if self.expansion_gate is not None else None,
                 valid=valid)
         out = out.permute(0, 2, 3, 1, 4).reshape(b, t, s, -1).to(hidden.dtype)
@@ -120,9 +119,9 @@ class InfiniPythiaModel(InfiniPythiaPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_in = value
 
-    def empty_memory(self, batch: int, device=None) -> MemoryStates:
+    def empty_memory(self, batch: int, shared: bool = False, device=None) -> MemoryStates:
+        """Empty memory: one per row, or one shared by the batch."""
         c = self.config
-        shared = c.memory_scope == "stream"
         return tuple(MemoryState.empty(1 if shared else batch, c.num_attention_heads, c.num_memories, c.head_dim,
                                        device=device or self.embed_in.weight.device)
                      for _ in c.infini_layer_ids())
@@ -133,7 +132,7 @@ class InfiniPythiaModel(InfiniPythiaPreTrainedModel):
         hidden = self.embed_in(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length, width = hidden.shape
         if memory_state is None:
-            memory_state = self.empty_memory(batch, hidden.device)
+            memory_state = self.empty_memory(batch, self.config.memory_scope == "stream", hidden.device)
         seg = min(self.config.segment_len, length)
         num_seg = -(-length // seg)
         pad = num_seg * seg - length
@@ -185,8 +184,11 @@ class InfiniPythiaForCausalLM(InfiniPythiaPreTrainedModel, GenerationMixin):
 
     `model(input_ids, memory_state=None)` returns `.logits` and `.memory_state`; passing the
     latter to the next call continues the same sequences, so an input of any length can be
-    streamed in pieces. In stream scope the model also keeps the (detached) memory itself and
-    uses it when no `memory_state` is given; `reset_memory()` clears it.
+    streamed in pieces. Without `memory_state`, sequence scope starts from an empty memory per
+    row, and stream scope uses the memory the model carries from its previous call (shared by
+    the batch, detached; `reset_memory()` clears it). A caller that passes `memory_state` manages
+    the memory itself and the carried stream memory is left untouched;
+    `empty_memory(batch_size)` gives independent rows in either scope.
     """
 
     def __init__(self, config: InfiniPythiaConfig):
@@ -206,6 +208,10 @@ class InfiniPythiaForCausalLM(InfiniPythiaPreTrainedModel, GenerationMixin):
         """Forget the stream-scope memory (the reference resets at each epoch and evaluation)."""
         self._stream_state = None
 
+    def empty_memory(self, batch_size: int) -> MemoryStates:
+        """An empty memory per row, to score independent sequences in either scope."""
+        return self.gpt_neox.empty_memory(batch_size)
+
     def memory_info(self) -> dict:
         """Size of the memory state in bytes (fp32): per memory, and in total per sequence
         (sequence scope) or for the whole stream (stream scope). A hierarchical layer's coarse
@@ -220,13 +226,15 @@ class InfiniPythiaForCausalLM(InfiniPythiaPreTrainedModel, GenerationMixin):
                 labels=None, inputs_embeds=None, output_hidden_states: bool | None = None,
                 logits_to_keep: int = 0, **kwargs) -> InfiniPythiaOutput:
         stream = self.config.memory_scope == "stream"
-        if memory_state is None and stream:
+        carried = stream and memory_state is None
+        if carried:
             memory_state = self._stream_state
         hidden, memory_state, all_hidden = self.gpt_neox(
             input_ids, attention_mask=attention_mask, memory_state=memory_state, inputs_embeds=inputs_embeds,
             output_hidden_states=bool(output_hidden_states))
         if stream:
             memory_state = tuple(s.detach() for s in memory_state)
+        if carried:
             self._stream_state = memory_state
         logits = self.lm_head(hidden[:, -logits_to_keep:] if logits_to_keep else hidden)
         loss = None

@@ -1,0 +1,171 @@
+"""Data sources, embedded corpus with recall flags, tokenizer, cache, reversal facts."""
+
+import json
+import re
+
+import pytest
+
+from infini_bench.data import DataConfig, prepare_data, reversal_samples
+from infini_bench.data.embedded import embedded_documents
+from infini_bench.data.reversal import distractors, reversal_facts
+from infini_bench.data.sources import parse_source, stream_texts
+
+
+def small(**overrides):
+    values = dict(num_samples=40, sample_len=64, tokenizer="bpe", vocab_size=400, reversal_facts=30,
+                  reversal_repeats=2)
+    values.update(overrides)
+    return DataConfig(**values)
+
+
+def test_embedded_corpus_is_deterministic_and_seeded():
+    assert embedded_documents(5, seed=3) == embedded_documents(5, seed=3)
+    assert embedded_documents(5, seed=3) != embedded_documents(5, seed=4)
+
+
+def test_recall_spans_refer_back_to_earlier_statements():
+    for doc in embedded_documents(20, seed=0, min_words=256):
+        text = doc["text"]
+        assert doc["recall_spans"]
+        for start, end in doc["recall_spans"]:
+            mention = text[start:end]
+            assert mention in text[:start], mention  # stated before it is recalled
+        first_recall = doc["recall_spans"][0][0]
+        assert len(text[:first_recall].split()) > 64  # beyond a 64-token segment
+
+
+def test_recall_flags_mark_exactly_the_recall_mentions(tmp_path):
+    config = small(sample_len=128, vocab_size=1000)
+    data = prepare_data(config, tmp_path)
+    tokenizer = data.tokenizer
+    docs = {d["text"][:60]: d for d in embedded_documents(40, seed=42, min_words=128)}
+    flagged_total = 0
+    for sample in data.validation:
+        ids, flags = sample["input_ids"], sample["recall"]
+        # Character span of each token, from the lengths of decoded prefixes (ASCII text).
+        ends = [len(tokenizer.decode(ids[:i + 1])) for i in range(len(ids))]
+        starts = [0] + ends[:-1]
+        doc = docs[tokenizer.decode(ids)[:60]]
+        recall_chars = {c for a, b in doc["recall_spans"] for c in range(a, b) if c < ends[-1]}
+        for start, end, flag in zip(starts, ends, flags):
+            overlaps = any(c in recall_chars for c in range(start, end))
+            assert bool(flag) == overlaps, (tokenizer.decode(ids[:1]), start, end)
+        flagged_total += sum(flags)
+    assert flagged_total > 0
+
+
+def test_samples_cached_under_source_tokenizer_and_sizes(tmp_path):
+    first = prepare_data(small(), tmp_path)
+    again = prepare_data(small(), tmp_path)
+    assert first.info["cache"] == again.info["cache"]
+    assert list(first.validation["input_ids"]) == list(again.validation["input_ids"])
+    other = prepare_data(small(sample_len=48), tmp_path)
+    assert other.info["cache"] != first.info["cache"]
+    assert len(list((tmp_path / "samples").iterdir())) == 2
+    assert all(len(x) == 48 for x in other.train["input_ids"])
+
+
+def test_split_and_sizes(tmp_path):
+    data = prepare_data(small(num_samples=50, val_fraction=0.2), tmp_path)
+    assert len(data.validation) == 10
+    assert data.info["train_samples"] == 40 + data.info["reversal_samples"]
+    val = {tuple(x) for x in data.validation["input_ids"]}
+    assert not val & {tuple(x) for x in data.train["input_ids"]}
+
+
+def test_reversal_facts_well_formed():
+    facts = reversal_facts(240, seed=0)
+    invented = [f for f in facts if not f.real]
+    assert len(invented) >= 200 and any(f.real for f in facts)
+    assert len({f.name for f in facts}) == len(facts) and len({f.thing for f in facts}) == len(facts)
+    paris = next(f for f in facts if f.name == "Paris")
+    assert paris.forward == "Paris is the capital of France."
+    assert paris.backward == "The capital of France is Paris."
+    for f in facts:
+        assert re.fullmatch(r"[A-Z][^.]* is [^.]+\.", f.forward) and re.fullmatch(r"[A-Z][^.]* is [^.]+\.", f.backward)
+        assert f.backward.endswith(f" is {f.name}.") and f.forward.endswith(f" {f.thing}.")
+        prompt, answer = f.backward_query()
+        assert prompt + answer + "." == f.backward
+        prompt, answer = f.forward_query()
+        assert prompt + answer + "." == f.forward
+    wrong = distractors(facts, 0, "backward", 10)
+    assert len(wrong) == 10 and f" {facts[0].name}" not in wrong
+
+
+def test_reversal_sentences_packed_forward_only(tmp_path):
+    config = small()
+    data = prepare_data(config, tmp_path)
+    packed = reversal_samples(data.facts, data.tokenizer, config)
+    assert all(len(s) == config.sample_len for s in packed)
+    text = data.tokenizer.decode([t for s in packed for t in s])
+    for fact in data.facts:
+        assert text.count(fact.forward) >= config.reversal_repeats
+        assert fact.backward not in text
+    assert data.info["reversal_samples"] == len(packed)
+
+
+def write_pile_mirror(path, docs):
+    with open(path, "w") as f:
+        for text in docs:
+            f.write(json.dumps({"text": text, "meta": {"pile_set_name": "Pile-CC"}}) + "\n")
+
+
+def test_pile_loader_on_a_local_mirror(tmp_path):
+    mirror = tmp_path / "pile"
+    mirror.mkdir()
+    docs = [d["text"] for d in embedded_documents(30, seed=1, min_words=80)]
+    write_pile_mirror(mirror / "00.jsonl", docs)
+    assert parse_source(f"pile:{mirror}") == ("pile", str(mirror))
+    assert list(stream_texts("pile", str(mirror))) == docs
+    data = prepare_data(small(source=f"pile:{mirror}", num_samples=20), tmp_path / "cache")
+    assert data.info["kind"] == "pile" and len(data.validation) == 2
+    tokens = [t for s in list(data.validation["input_ids"]) + list(data.train["input_ids"])[:18] for t in s]
+    assert data.tokenizer.eos_token_id in tokens  # documents packed, EOS-separated
+
+
+def test_pg19_loader_on_local_parquet(tmp_path):
+    import pandas as pd
+
+    books = [d["text"] for d in embedded_documents(6, seed=2, min_words=200)]
+    pd.DataFrame({"short_book_title": [f"Book {i}" for i in range(6)], "publication_date": [1900] * 6,
+                  "url": ["local"] * 6, "text": books}).to_parquet(tmp_path / "train-0.parquet")
+    assert list(stream_texts("pg19", str(tmp_path))) == books
+
+
+def test_hub_loader_checks_the_schema(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"content": "no text field"}) + "\n")
+    with pytest.raises(ValueError, match="lack the field"):
+        list(stream_texts("pile", str(path)))
+
+
+@pytest.mark.parametrize("suffix", ["txt", "jsonl", "parquet"])
+def test_local_files_and_folders(tmp_path, suffix):
+    import pandas as pd
+
+    docs = [d["text"] for d in embedded_documents(4, seed=5, min_words=60)]
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for i, text in enumerate(docs):
+        if suffix == "txt":
+            (folder / f"{i}.txt").write_text(text)
+        elif suffix == "jsonl":
+            (folder / f"{i}.jsonl").write_text(json.dumps({"text": text}) + "\n")
+        else:
+            pd.DataFrame({"text": [text]}).to_parquet(folder / f"{i}.parquet")
+    assert parse_source(str(folder)) == ("local", str(folder))
+    assert sorted(stream_texts("local", str(folder))) == sorted(docs)
+
+
+def test_unknown_or_missing_sources():
+    with pytest.raises(ValueError, match="^data: 'wikipedia' is not a known source"):
+        parse_source("wikipedia")
+    with pytest.raises(ValueError, match="^data: local mirror"):
+        parse_source("pile:/does/not/exist")
+
+
+def test_too_little_data_is_reported(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("only a few words here")
+    with pytest.raises(ValueError, match="^data: .* gives only 0 full samples"):
+        prepare_data(small(source=str(path)), tmp_path / "cache")

@@ -1,0 +1,107 @@
+"""Evaluation metrics against plain computations, and the reversal metric on a trained toy model."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from infini_bench import InfiniPythiaConfig, build_model
+from infini_bench.data.reversal import Fact
+from infini_bench.data.tokenizer import train_bpe_tokenizer
+from infini_bench.evaluation import lm_metrics, loglikelihoods, reversal_metrics, sample_token_nll
+
+VOCAB = 101
+
+
+def tiny(memory_type="single", scope="sequence", segment_len=8, vocab=VOCAB, seed=0):
+    torch.manual_seed(seed)
+    config = InfiniPythiaConfig.from_preset("pythia-14m", vocab_size=vocab, memory_type=memory_type,
+                                            memory_scope=scope, segment_len=segment_len,
+                                            num_memories=1 if memory_type == "single" else 2)
+    return build_model(config).eval()
+
+
+def test_lm_metrics_match_plain_computation():
+    rng = np.random.default_rng(0)
+    nll = rng.exponential(2.0, size=(5, 9))
+    recall = rng.random((5, 10)) < 0.3
+    m = lm_metrics(nll, recall, bins=(0, 2, 5), sample_len=10)
+    assert m["ppl"] == pytest.approx(math.exp(sum(nll.flat) / nll.size))
+    recall_losses = [nll[i, t] for i in range(5) for t in range(9) if recall[i, t + 1]]
+    assert m["recall_ppl"] == pytest.approx(math.exp(sum(recall_losses) / len(recall_losses)))
+    assert m["recall_tokens"] == len(recall_losses)
+    assert list(m["position_ppl"]) == ["0-2", "2-5", "5-10"]
+    assert m["position_ppl"]["2-5"] == pytest.approx(math.exp(nll[:, 2:5].mean()))
+    assert m["position_ppl"]["5-10"] == pytest.approx(math.exp(nll[:, 5:].mean()))
+
+
+def test_sample_nll_equals_model_loss_in_sequence_scope():
+    model = tiny()
+    x = torch.randint(0, VOCAB, (6, 24), generator=torch.Generator().manual_seed(1))
+    nll = sample_token_nll(model, x.tolist(), batch_size=4, device=torch.device("cpu"))
+    with torch.no_grad():
+        loss = model(x, labels=x).loss.item()
+    assert nll.shape == (6, 23)
+    assert nll.mean() == pytest.approx(loss, rel=1e-5)
+
+
+def test_sample_nll_carries_stream_memory_across_batches():
+    model = tiny(scope="stream", segment_len=24)
+    x = torch.randint(0, VOCAB, (4, 24), generator=torch.Generator().manual_seed(2))
+    nll = sample_token_nll(model, x.tolist(), batch_size=2, device=torch.device("cpu"))
+    assert model._stream_state is None  # left reset
+    with torch.no_grad():
+        model(x[:2])
+        second = torch.nn.functional.cross_entropy(model(x[2:]).logits[:, :-1].transpose(1, 2), x[2:, 1:],
+                                                   reduction="none")
+    assert np.allclose(nll[2:], second.double().numpy(), rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer():
+    return train_bpe_tokenizer(["the quick brown fox jumps over the lazy dog " * 5], vocab_size=VOCAB)
+
+
+@pytest.mark.parametrize("memory_type,scope", [("single", "sequence"), ("multi", "stream"), ("none", "sequence")])
+def test_loglikelihood_matches_unpadded_single_requests(char_tokenizer, memory_type, scope):
+    model = tiny(memory_type, scope, vocab=len(char_tokenizer) + 11)
+    requests = [("the quick brown", " fox"), ("over the lazy dog and the", " quick brown fox jumps"), ("a", " b"),
+                ("jumps over", " the lazy dog the quick brown fox")]
+    batched = loglikelihoods(model, char_tokenizer, requests, batch_size=3, device=torch.device("cpu"))
+    for (context, continuation), (logprob, greedy) in zip(requests, batched):
+        ids = char_tokenizer(context + continuation)["input_ids"]
+        n_context = len(char_tokenizer(context)["input_ids"])
+        if hasattr(model, "reset_memory"):
+            model.reset_memory()
+        with torch.no_grad():
+            logits = torch.log_softmax(model(torch.tensor([ids])).logits[0], -1)
+        expected = sum(logits[t - 1, ids[t]].item() for t in range(n_context, len(ids)))
+        assert logprob == pytest.approx(expected, abs=1e-4)
+        assert greedy == all(logits[t - 1].argmax().item() == ids[t] for t in range(n_context, len(ids)))
+
+
+def test_reversal_metric_shows_the_reversal_curse():
+    """A model that memorised forward sentences ranks forward answers first, not backward ones."""
+    facts = [Fact(f"{a} {b}", "the keeper of", f"the {c} gate", False)
+             for a, b, c in zip(["Ama", "Bek", "Cor", "Dun", "Eli", "Fay", "Gus", "Hal", "Ivo", "Jon", "Kai", "Lou"],
+                                ["Rix", "Sol", "Tam", "Umo", "Vex", "Wyn", "Xan", "Yor", "Zed", "Qua", "Pim", "Nod"],
+                                ["red", "tin", "oak", "ash", "elm", "fir", "ivy", "jet", "kiwi", "lime", "mint", "nut"])]
+    tokenizer: PreTrainedTokenizerFast = train_bpe_tokenizer([f.forward for f in facts] * 3, vocab_size=300)
+    torch.manual_seed(0)
+    config = InfiniPythiaConfig.from_preset("pythia-14m", vocab_size=len(tokenizer), memory_type="none")
+    model = build_model(config)
+    rows = [tokenizer(f.forward)["input_ids"] for f in facts]  # one sentence per row, as evaluated
+    width = max(map(len, rows))
+    batch = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        model(batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    m = reversal_metrics(model, tokenizer, facts, num_distractors=10, batch_size=8)
+    assert m["forward_acc"] >= 0.9
+    assert m["backward_acc"] <= 0.5
+    assert m["forward_ppl"] < 2.0 < m["backward_ppl"]

@@ -1,0 +1,174 @@
+"""`python -m infini_bench.run`: the smoke suite end to end, and bad input."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import infini_bench.models  # noqa: F401  (registers the Auto classes)
+from infini_bench.run import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, cache, cwd=REPO):
+    env = {**os.environ, "INFINI_BENCH_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "infini_bench.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def table_rows(markdown: str, heading: str) -> dict[str, list[str]]:
+    """Rows of the first table under `## heading`, keyed by their first cell."""
+    section = markdown.split(f"## {heading}\n", 1)[1]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("|") and not line.startswith("|:"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+        elif rows and not line.startswith("|"):
+            break
+    return rows
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    result = run_cli("--suite", "smoke", "--output-dir", str(out), cache=out / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def test_smoke_suite_results_and_leaderboard_agree(smoke):
+    out, result = smoke
+    runs = sorted((out / "runs" / "smoke").iterdir())
+    assert [r.name for r in runs] == ["hierarchical-4", "multi-memory-4", "pythia-baseline", "single-memory"]
+    markdown = (out / "leaderboard" / "smoke.md").read_text()
+    summary = table_rows(markdown, "Summary")
+    positions = table_rows(markdown, "Validation PPL by token position")
+    reversal = table_rows(markdown, "Reversal curse")
+    assert set(summary) == {"model", "Pythia baseline", "Single Memory", "Multi Memory (4)", "Hierarchical (4)"}
+    for run in runs:
+        r = json.loads((run / "results.json").read_text())
+        row = summary[r["model"]]
+        assert row[0] == f"{r['best_val_ppl']:.2f}"
+        assert row[1] == str(r["best_epoch"])
+        assert row[3] == f"{r['validation']['recall_ppl']:.2f}"
+        assert row[5] == f"{r['parameters']:,}"
+        column = positions["positions"].index(r["model"])
+        assert [k for k in positions if k != "positions"] == list(r["validation"]["position_ppl"])
+        for bin_label, value in r["validation"]["position_ppl"].items():
+            assert positions[bin_label][column] == f"{value:.1f}"
+        assert reversal[r["model"]][:2] == [f"{r['reversal']['forward_ppl']:.1f}", f"{r['reversal']['backward_ppl']:.1f}"]
+        assert r["validation"]["recall_tokens"] > 0
+        assert [c["epoch"] for c in r["curve"]] == list(range(1, r["epochs_trained"] + 1))
+    assert (out / "leaderboard" / "plots" / "smoke-learning-curves.png").stat().st_size > 1000
+    assert (out / "leaderboard" / "plots" / "smoke-position-ppl.png").stat().st_size > 1000
+
+
+def test_run_directory_records_everything(smoke):
+    out, _ = smoke
+    run = out / "runs" / "smoke" / "multi-memory-4"
+    recorded = json.loads((run / "run_config.json").read_text())
+    assert recorded["run"]["suite"] == "smoke" and recorded["model"]["num_memories"] == 4
+    assert recorded["run"]["training"]["seed"] == 42
+    env = json.loads((run / "environment.json").read_text())
+    assert env["packages"]["torch"] and env["packages"]["transformers"] and "git_commit" in env
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == json.loads((run / "results.json").read_text())["epochs_trained"]
+    assert list((run / "tensorboard").iterdir())
+    assert (run / "model.safetensors").exists() and not list(run.glob("*.bin")) and not (run / "trainer").exists()
+
+
+def test_checkpoint_reloads_to_the_reported_validation_ppl(smoke):
+    from infini_bench.data import DataConfig, prepare_data
+    from infini_bench.evaluation import lm_metrics, sample_token_nll
+
+    out, _ = smoke
+    run = out / "runs" / "smoke" / "hierarchical-4"
+    results = json.loads((run / "results.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(run)
+    model = AutoModelForCausalLM.from_pretrained(run)
+    data = prepare_data(DataConfig(**results["data"]["config"]), out / "cache")
+    assert tokenizer.get_vocab() == data.tokenizer.get_vocab()
+    nll = sample_token_nll(model, data.validation["input_ids"], 32, torch.device("cpu"))
+    assert lm_metrics(nll, None)["ppl"] == pytest.approx(results["best_val_ppl"], rel=1e-5)
+
+
+def test_prints_choices_at_start(smoke):
+    _, result = smoke
+    first = result.stdout.splitlines()[0]
+    for piece in ("suite smoke", "on cpu", "preset pythia-14m", "data embedded", "seed 42"):
+        assert piece in first
+
+
+def write_suite(tmp_path, **changes):
+    import yaml
+
+    suite = yaml.safe_load((REPO / "configs" / "suites" / "smoke.yaml").read_text())
+    for dotted, value in changes.items():
+        node = suite
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    return str(path)
+
+
+BAD_INPUTS = [
+    (lambda t: ["--suite", "nonexistent"], "suite: unknown 'nonexistent'"),
+    (lambda t: ["--suite", "smoke", "--preset", "pythia-1b"], "preset: unknown 'pythia-1b'"),
+    (lambda t: ["--suite", "smoke", "--data", "wikipedia"], "data: 'wikipedia' is not a known source"),
+    (lambda t: ["--suite", "smoke", "--data", str(t / "missing" / "corpus.txt")], "data: "),
+    (lambda t: ["--suite", write_suite(t, **{"model_defaults.segment_len": 128})], "segment_len: 128"),
+    (lambda t: ["--suite", write_suite(t, **{"data.num_samples": 0})], "data.num_samples: expected a positive"),
+    (lambda t: ["--suite", write_suite(t, **{"data.sample_len": -5})], "data.sample_len: expected a positive"),
+    (lambda t: ["--suite", write_suite(t, **{"training.batch_size": 0})], "training.batch_size"),
+    (lambda t: ["--suite", write_suite(t, **{"training.lr": -1e-4})], "training.lr"),
+    (lambda t: ["--suite", write_suite(t, **{"data.num_sample": 10})], "data.num_sample: unknown key"),
+    (lambda t: ["--suite", write_suite(t, **{"training.batch_size": "eight"})], "training.batch_size: expected int"),
+    (lambda t: ["--suite", write_suite(t, models=[{"name": "x", "memory_type": "dual"}])], "memory_type: expected"),
+    (lambda t: ["--suite", write_suite(t, models=[{"name": "x", "num_memory": 4}])], "models.x.num_memory: unknown"),
+    (lambda t: ["--suite", write_suite(t, models=[{"name": "x", "memory_type": "multi", "num_memories": 0}])],
+     "num_memories: expected a positive integer"),
+    (lambda t: ["--suite", "smoke", "--output-dir", str(t / "a_file" / "out")], "output-dir:"),
+    (lambda t: ["--suite", "smoke", "--device", "tpu"], "argument --device: invalid choice"),
+    (lambda t: ["--suite", "smoke", "--deepspeed", str(t / "nope.json")], "training.deepspeed: config file"),
+]
+
+
+@pytest.mark.parametrize("make_args,message", BAD_INPUTS)
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, make_args, message):
+    (tmp_path / "a_file").write_text("not a folder")
+    out = tmp_path / "out"
+    args = make_args(tmp_path)
+    if "--output-dir" not in args:
+        args += ["--output-dir", str(out)]
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(main(args))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert not out.exists()
+
+
+def test_bad_input_through_the_real_command(tmp_path):
+    result = run_cli("--suite", "smoke", "--preset", "pythia-1b", "--output-dir", str(tmp_path / "out"),
+                     cache=tmp_path / "cache")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: preset: unknown 'pythia-1b'; accepted: pythia-14m, pythia-70m, pythia-160m, pythia-410m"]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+def test_unknown_suite_lists_the_accepted_ones(capsys):
+    assert main(["--suite", "nope"]) == 2
+    assert re.search(r"accepted: .*core.*smoke", capsys.readouterr().err)

@@ -57,7 +57,7 @@ def curves_table(results):
     for r in results:
         by_epoch = {c["epoch"]: c for c in r["curve"]}
         table[f"{r['model']} (train / val)"] = [
-            f"{_fmt(by_epoch[e].get('train_ppl'))} / {_fmt(by_epoch[e]['val_ppl'])}" if e in by_epoch else "—"
+            f"{_fmt(by_epoch[e].get('train_ppl'), 2)} / {_fmt(by_epoch[e]['val_ppl'], 2)}" if e in by_epoch else "—"
             for e in epochs]
     return pd.DataFrame(table)
 
@@ -145,7 +145,8 @@ def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, descrip
     lines += [f"Preset `{first['preset']}`, data `{first['data']['source']}` "
               f"({first['data']['train_samples']} train / {first['data']['validation_samples']} validation samples "
               f"of {first['data']['sample_len']} tokens, tokenizer `{first['data']['tokenizer']}`), "
-              f"device `{first['device']}`. Each row comes from `runs/{suite}/<model>/results.json`.", ""]
+              f"device `{first['device']}`, seed {first['seed']}, commit `{(first.get('git_commit') or '?')[:12]}`. "
+              f"Each row comes from `runs/{suite}/<model>/results.json`.", ""]
     lines += ["## Summary", "", _markdown(summary_table(results)), ""]
     lines += ["## Learning curves (PPL)", "", _markdown(curves_table(results)), "",
               f"![learning curves](plots/{plots[0].name})", ""]

@@ -172,3 +172,21 @@ def test_bad_input_through_the_real_command(tmp_path):
 def test_unknown_suite_lists_the_accepted_ones(capsys):
     assert main(["--suite", "nope"]) == 2
     assert re.search(r"accepted: .*core.*smoke", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("suite", ["core", "core-seq", "smoke"])
+def test_shipped_suites_resolve(suite, device, tmp_path):
+    from infini_bench.suites import load_run_config
+
+    config = load_run_config(suite, device, output_dir=str(tmp_path))
+    assert [m.name for m in config.models] == ["Pythia baseline", "Single Memory", "Multi Memory (4)",
+                                               "Hierarchical (4)"]
+    scopes = {config.model_config(m).memory_scope for m in config.models}
+    if suite == "core":
+        assert scopes == {"stream"} and config.training.lr == (1e-4 if device == "cuda" else 1e-3)
+        if device == "cuda":  # the reference sizes
+            assert (config.preset, config.data.num_samples, config.data.sample_len) == ("pythia-70m", 5000, 256)
+            assert config.data.tokenizer == "pythia" and config.training.max_epochs == 30
+    if suite == "core-seq":
+        assert scopes == {"sequence"} and {config.model_config(m).segment_len for m in config.models} == {64}

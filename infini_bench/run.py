@@ -2,6 +2,7 @@
 
 import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -110,8 +111,6 @@ def run_model(config, spec, data, device, env, order: int) -> dict:
 
 
 def _epoch_record(line: str) -> dict:
-    import json
-
     m = json.loads(line)
     return {"epoch": m["epoch"], "train_ppl": m.get("train_ppl"), "val_ppl": m["eval_ppl"],
             "recall_ppl": m.get("eval_recall_ppl")}

@@ -72,53 +72,150 @@ def lm_metrics(nll: np.ndarray, recall: np.ndarray | None, bins=REFERENCE_BINS, 
     return metrics
 
 
+def chunk_tokens(model) -> int:
+    """Tokens fed per call when streaming a long input: whole segments, about 1,024 tokens."""
+    segment = model.config.segment_len
+    return segment * max(1, 1024 // segment)
+
+
 @torch.no_grad()
-def token_logprobs(model, token_lists, batch_size: int, device, autocast_dtype=None):
-    """For each token list: log p(t_{i+1} | t_0..t_i) for i = 0..n-2, and whether each target was
-    the argmax. Rows are right-padded into batches of similar length; every row has its own empty
-    memory (also in stream scope), so results do not depend on batching."""
+def stream_logprobs(model, tokens, first_target: int, device, autocast_dtype=None):
+    """log p(tokens[t] | tokens[:t]) for t = first_target..n-1, and whether each was the argmax,
+    for one sequence of any length: it is fed through the memory in chunks of whole segments
+    (so the result equals one call on the whole input) and logits are kept only where needed,
+    so memory use stays flat however long the input is."""
     model.eval()
-    results = [None] * len(token_lists)
-    order = sorted(range(len(token_lists)), key=lambda i: -len(token_lists[i]))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        width = max(len(token_lists[i]) for i in chunk)
+    chunk = chunk_tokens(model)
+    ids = torch.as_tensor(tokens, dtype=torch.long)
+    state = model.empty_memory(1)
+    logprobs, greedy = [], []
+    for start in range(0, len(ids), chunk):
+        piece = ids[start:start + chunk]
+        # Position p predicts token p + 1; score positions first_position..last_position - 1.
+        first_position = max(first_target - 1, start)
+        last_position = min(start + len(piece), len(ids) - 1)
+        keep = max(last_position - first_position, 0)
+        with _autocast(device, autocast_dtype):
+            out = model(piece[None].to(device), memory_state=state,
+                        logits_to_keep=max(start + len(piece) - first_position, 1))
+        state = out.memory_state
+        if keep:
+            logits = out.logits[0, :keep].float()
+            targets = ids[first_position + 1:last_position + 1].to(logits.device)
+            lp = torch.log_softmax(logits, -1)
+            logprobs.append(lp.gather(-1, targets[:, None])[:, 0].double().cpu())
+            greedy.append((lp.argmax(-1) == targets).cpu())
+    if not logprobs:
+        return np.zeros(0), np.zeros(0, dtype=bool)
+    return torch.cat(logprobs).numpy(), torch.cat(greedy).numpy()
+
+
+@torch.no_grad()
+def greedy_generate(model, tokens, max_new_tokens: int, stop, device, autocast_dtype=None) -> list[int]:
+    """Greedy continuation of `tokens`; `stop(new_tokens)` ends it early.
+
+    Infini models: the context goes through the memory segment by segment; each step re-reads
+    only the unfinished segment on top of the memory of the finished ones, so a step costs at
+    most one segment whatever the context length. GPT-NeoX: transformers' `generate` with its
+    KV cache, the context cut to the last max_position_embeddings - max_new_tokens tokens."""
+    model.eval()
+    if not hasattr(model, "empty_memory"):
+        keep = max(model.config.max_position_embeddings - max_new_tokens, 1)
+        ids = torch.tensor([tokens[-keep:]], device=device)
+        with _autocast(device, autocast_dtype):
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, pad_token_id=model.config.eos_token_id or 0)
+        new = out[0, ids.shape[1]:].tolist()
+        return next((new[:k] for k in range(1, len(new) + 1) if stop(new[:k])), new)
+    segment = model.config.segment_len
+    done = (len(tokens) - 1) // segment * segment    # leave at least one token unfinished
+    state = model.empty_memory(1)
+    for start in range(0, done, chunk_tokens(model)):
+        piece = torch.tensor([tokens[start:min(start + chunk_tokens(model), done)]], device=device)
+        with _autocast(device, autocast_dtype):
+            state = model(piece, memory_state=state, logits_to_keep=1).memory_state
+    tail, new = list(tokens[done:]), []
+    while len(new) < max_new_tokens:
+        with _autocast(device, autocast_dtype):
+            out = model(torch.tensor([tail], device=device), memory_state=state, logits_to_keep=1)
+        token = int(out.logits[0, -1].argmax())
+        new.append(token)
+        if stop(new):
+            break
+        tail.append(token)
+        if len(tail) > segment:
+            with _autocast(device, autocast_dtype):
+                state = model(torch.tensor([tail[:segment]], device=device), memory_state=state,
+                              logits_to_keep=1).memory_state
+            tail = tail[segment:]
+    return new
+
+
+@torch.no_grad()
+def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None):
+    """For each (tokens, first_target): log p(tokens[t] | tokens[:t]) for t = first_target..n-1,
+    and whether each target was the argmax.
+
+    Rows are right-padded into batches of similar length; every row has its own empty memory
+    (also in stream scope), so results do not depend on batching. Rows longer than a streaming
+    chunk are fed through the memory chunk by chunk (Infini models only)."""
+    model.eval()
+    results = [None] * len(rows)
+    infini = hasattr(model, "empty_memory")
+    limit = chunk_tokens(model) if infini else model.config.max_position_embeddings
+    short = []
+    for i, (tokens, first_target) in enumerate(rows):
+        if len(tokens) <= limit:
+            short.append(i)
+        elif infini:
+            results[i] = stream_logprobs(model, tokens, first_target, device, autocast_dtype)
+        else:
+            raise ValueError(f"input of {len(tokens)} tokens is longer than the model's "
+                             f"max_position_embeddings ({limit}); window it first")
+    short.sort(key=lambda i: -len(rows[i][0]))
+    for start in range(0, len(short), batch_size):
+        chunk = short[start:start + batch_size]
+        width = max(len(rows[i][0]) for i in chunk)
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, i in enumerate(chunk):
-            ids[row, :len(token_lists[i])] = torch.tensor(token_lists[i])
-            mask[row, :len(token_lists[i])] = 1
-        memory = {"memory_state": model.empty_memory(len(chunk))} if hasattr(model, "empty_memory") else {}
+            ids[row, :len(rows[i][0])] = torch.tensor(rows[i][0])
+            mask[row, :len(rows[i][0])] = 1
+        memory = {"memory_state": model.empty_memory(len(chunk))} if infini else {}
         with _autocast(device, autocast_dtype):
             logits = model(ids.to(device), attention_mask=mask.to(device), **memory).logits
         logprobs = torch.log_softmax(logits.float(), -1).cpu()
         for row, i in enumerate(chunk):
-            n = len(token_lists[i])
-            targets = ids[row, 1:n]
-            predicted = logprobs[row, :n - 1]
+            tokens, first_target = rows[i]
+            targets = ids[row, first_target:len(tokens)]
+            predicted = logprobs[row, first_target - 1:len(tokens) - 1]
             results[i] = (predicted.gather(-1, targets[:, None])[:, 0].double().numpy(),
                           (predicted.argmax(-1) == targets).numpy())
     return results
 
 
+def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int], int]:
+    """lm-eval's causal encoding: encode the whole text, split where the context's encoding ends;
+    an empty context becomes the EOS token."""
+    if not context:
+        return [tokenizer.eos_token_id] + tokenizer(continuation, add_special_tokens=False)["input_ids"], 1
+    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
+    return whole, len(tokenizer(context, add_special_tokens=False)["input_ids"])
+
+
 def loglikelihoods(model, tokenizer, requests, batch_size: int, device, autocast_dtype=None):
     """lm-eval `loglikelihood`: for each (context, continuation), the summed log-probability of
     the continuation and whether it is the greedy choice."""
-    encoded = []
-    for context, continuation in requests:
-        whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-        context_len = len(tokenizer(context, add_special_tokens=False)["input_ids"])
-        if not context_len:
-            whole, context_len = [tokenizer.eos_token_id] + whole, 1
-        encoded.append((whole, context_len))
-    scored = token_logprobs(model, [w for w, _ in encoded], batch_size, device, autocast_dtype)
-    return [(float(lp[c - 1:].sum()), bool(greedy[c - 1:].all())) for (_, c), (lp, greedy) in zip(encoded, scored)]
+    rows = [encode_request(tokenizer, c, x) for c, x in requests]
+    return [(float(lp.sum()), bool(greedy.all()))
+            for lp, greedy in score_tokens(model, rows, batch_size, device, autocast_dtype)]
 
 
 def sentence_ppl(model, tokenizer, sentences, batch_size: int, device, autocast_dtype=None) -> float:
-    """The reference's reversal PPL: exp(mean over sentences of each sentence's mean token loss)."""
-    tokens = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sentences]
-    scored = token_logprobs(model, tokens, batch_size, device, autocast_dtype)
+    """The reference's reversal PPL: exp(mean over sentences of each sentence's mean token loss),
+    the first token of each sentence being context only."""
+    rows = [(tokenizer(s, add_special_tokens=False)["input_ids"], 1) for s in sentences]
+    scored = score_tokens(model, rows, batch_size, device, autocast_dtype)
     return math.exp(np.mean([-lp.mean() for lp, _ in scored]))
 
 

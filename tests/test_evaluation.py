@@ -105,3 +105,35 @@ def test_reversal_metric_shows_the_reversal_curse():
     assert m["forward_acc"] >= 0.9
     assert m["backward_acc"] <= 0.5
     assert m["forward_ppl"] < 2.0 < m["backward_ppl"]
+
+
+@pytest.mark.parametrize("memory_type", ["multi", "hierarchical"])
+def test_streamed_scoring_equals_one_call(memory_type):
+    from infini_bench.evaluation import chunk_tokens, stream_logprobs
+
+    model = tiny(memory_type, segment_len=64)
+    assert chunk_tokens(model) == 1024
+    tokens = torch.randint(0, VOCAB, (2600,), generator=torch.Generator().manual_seed(3)).tolist()
+    lp, greedy = stream_logprobs(model, tokens, 700, torch.device("cpu"))
+    with torch.no_grad():
+        logits = torch.log_softmax(model(torch.tensor([tokens])).logits[0], -1)
+    expected = logits[699:-1].gather(-1, torch.tensor(tokens[700:])[:, None])[:, 0]
+    assert lp.shape == (1900,)
+    assert np.allclose(lp, expected.double().numpy(), atol=1e-4)
+    assert (greedy == (logits[699:-1].argmax(-1) == torch.tensor(tokens[700:])).numpy()).all()
+
+
+@pytest.mark.parametrize("memory_type", ["single", "none"])
+def test_greedy_generate_matches_recomputation(memory_type):
+    from infini_bench.evaluation import greedy_generate
+
+    model = tiny(memory_type, segment_len=8)
+    prompt = torch.randint(0, VOCAB, (21,), generator=torch.Generator().manual_seed(4)).tolist()
+    new = greedy_generate(model, prompt, 12, lambda t: False, torch.device("cpu"))
+    expected = list(prompt)
+    with torch.no_grad():
+        for _ in range(12):
+            expected.append(int(model(torch.tensor([expected])).logits[0, -1].argmax()))
+    assert new == expected[21:]
+    stop_at = greedy_generate(model, prompt, 12, lambda t: len(t) == 5, torch.device("cpu"))
+    assert stop_at == expected[21:26]

@@ -84,13 +84,16 @@ def _cache_key(config: DataConfig, kind, path, tokenizer) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def prepare_data(config: DataConfig, cache_dir: Path) -> DataBundle:
+def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBundle:
+    """Samples for `config`; `tokenizer` (e.g. a checkpoint's own) replaces the configured one."""
     from datasets import Dataset, concatenate_datasets, load_from_disk
 
     kind, path = parse_source(config.source)
     facts = reversal_facts(config.reversal_facts, seed=config.seed)
     docs = _embedded_texts(config) if kind == "embedded" else None
-    if docs is not None:
+    if tokenizer is not None:
+        tokenizer_name = getattr(tokenizer, "name_or_path", "") or "given"
+    elif docs is not None:
         tokenizer_texts = [d["text"] for d in docs] + [f.forward for f in facts]
     else:
         # Enough raw text to train a tokenizer on, should one be needed (about 6 characters per token).
@@ -101,8 +104,9 @@ def prepare_data(config: DataConfig, cache_dir: Path) -> DataBundle:
                 budget -= len(text)
                 if budget <= 0:
                     break
-    tokenizer, tokenizer_name = load_tokenizer(config.tokenizer, tokenizer_texts + [f.forward for f in facts],
-                                               config.vocab_size, cache_dir / "tokenizers")
+    if tokenizer is None:
+        tokenizer, tokenizer_name = load_tokenizer(config.tokenizer, tokenizer_texts + [f.forward for f in facts],
+                                                   config.vocab_size, cache_dir / "tokenizers")
     sample_dir = cache_dir / "samples" / _cache_key(config, kind, path, tokenizer)
     if not (sample_dir / "dataset_info.json").exists():
         if docs is not None:

@@ -37,7 +37,8 @@ def invented_word(rng, syllables=2):
     return "".join(_syllable(rng) for _ in range(syllables)).capitalize()
 
 
-def _filler_sentence(rng):
+def filler_sentence(rng):
+    """One sentence of filler prose (no facts)."""
     a, b, c = rng.sample(NOUNS, 3)
     form = rng.randrange(3)
     if form == 0:
@@ -89,7 +90,7 @@ def make_document(rng: random.Random, min_words: int = 300):
         doc.add(f"{p['first']} keeps a {p['material']} {p['object']} and the number {p['number']}.")
     while doc.words < min_words:
         for _ in range(filler_between):
-            doc.add(_filler_sentence(rng))
+            doc.add(filler_sentence(rng))
         p = rng.choice(people)
         name = (f"{p['first']} {p['last']}", True)
         form = rng.randrange(3)

@@ -1,0 +1,181 @@
+"""Data and metrics of the infini_bench lm-eval tasks; all data is generated locally.
+
+The tasks are handed lm-eval's `--model_args` as metadata. With `pretrained=<run dir>`, the
+data is exactly the suite's: the run's data config (run_config.json) and the run's own
+tokenizer give the same validation samples and reversal facts that the leaderboard used.
+"""
+
+import json
+import math
+import os
+import random
+from functools import cache
+from pathlib import Path
+
+from infini_bench.data import DataConfig, prepare_data
+from infini_bench.data.embedded import filler_sentence
+from infini_bench.data.reversal import distractors, reversal_facts
+from infini_bench.evaluation import REFERENCE_BINS, bin_edges
+
+PASSKEY_DEPTHS = (0, 25, 50, 75, 100)
+PASSKEY_DOCS_PER_DEPTH = 2
+
+
+@cache
+def _run(pretrained: str | None):
+    """(DataConfig, tokenizer) of a run directory or checkpoint."""
+    from transformers import AutoTokenizer
+
+    if not pretrained:
+        raise ValueError("infini_bench tasks need --model_args pretrained=<run dir or checkpoint>")
+    config = DataConfig()
+    run_config = Path(pretrained) / "run_config.json"
+    if run_config.exists():
+        config = DataConfig(**json.loads(run_config.read_text())["data"]["config"])
+    return config, AutoTokenizer.from_pretrained(pretrained)
+
+
+def _cache_dir():
+    return Path(os.environ.get("INFINI_BENCH_CACHE", Path.home() / ".cache" / "infini_bench"))
+
+
+def _dataset(rows):
+    from datasets import Dataset, DatasetDict
+
+    return DatasetDict({"test": Dataset.from_list(rows)})
+
+
+# ---------- position-wise PPL ----------
+
+def positional_dataset(pretrained=None, position_bins=REFERENCE_BINS, **kwargs):
+    """One loglikelihood request per (validation sample, position bin): the context is the
+    sample up to the bin, the continuation the bin's tokens (targets of positions start..end-1)."""
+    config, tokenizer = _run(pretrained)
+    samples = prepare_data(config, _cache_dir(), tokenizer=tokenizer).validation["input_ids"]
+    rows = []
+    for sample_id, ids in enumerate(samples):
+        for start, end in bin_edges(position_bins, len(ids) - 1):
+            rows.append({"sample": sample_id, "bin": start, "tokens": end - start,
+                         "context": tokenizer.decode(ids[:start + 1]),
+                         "continuation": tokenizer.decode(ids[start + 1:end + 1])})
+    return _dataset(rows)
+
+
+def positional_results(doc, results):
+    (loglikelihood, _), = results
+    metrics = {f"ppl_pos_{b}": None for b in REFERENCE_BINS}
+    metrics[f"ppl_pos_{doc['bin']}"] = (loglikelihood, doc["tokens"])
+    return metrics
+
+
+def token_ppl(items):
+    """exp(total negative log-likelihood / total tokens) over the docs that have this bin."""
+    items = [x for x in items if x is not None]
+    if not items:
+        return float("nan")
+    return math.exp(-sum(ll for ll, _ in items) / sum(n for _, n in items))
+
+
+# ---------- reversal ----------
+
+def _reversal_rows(pretrained, direction):
+    config, _ = _run(pretrained)
+    facts = reversal_facts(config.reversal_facts, seed=config.seed)
+    rows = []
+    for i, fact in enumerate(facts):
+        prompt, answer = getattr(fact, f"{direction}_query")()
+        rows.append({"prompt": prompt, "choices": [answer] + distractors(facts, i, direction, 10, config.seed),
+                     "sentence": getattr(fact, direction), "real": fact.real})
+    return rows
+
+
+def reversal_forward(pretrained=None, **kwargs):
+    return _dataset(_reversal_rows(pretrained, "forward"))
+
+
+def reversal_backward(pretrained=None, **kwargs):
+    return _dataset(_reversal_rows(pretrained, "backward"))
+
+
+def _sentence_rows(pretrained, direction):
+    """The whole sentence scored after its first token (the reference's sentence PPL)."""
+    _, tokenizer = _run(pretrained)
+    rows = []
+    for row in _reversal_rows(pretrained, direction):
+        ids = tokenizer(row["sentence"], add_special_tokens=False)["input_ids"]
+        rows.append({"context": tokenizer.decode(ids[:1]), "continuation": tokenizer.decode(ids[1:]),
+                     "tokens": len(ids) - 1})
+    return rows
+
+
+def reversal_forward_sentences(pretrained=None, **kwargs):
+    return _dataset(_sentence_rows(pretrained, "forward"))
+
+
+def reversal_backward_sentences(pretrained=None, **kwargs):
+    return _dataset(_sentence_rows(pretrained, "backward"))
+
+
+def sentence_results(doc, results):
+    (loglikelihood, _), = results
+    return {"ppl": -loglikelihood / doc["tokens"]}
+
+
+def mean_loss_ppl(losses):
+    """exp(mean over sentences of each sentence's mean token loss)."""
+    return math.exp(sum(losses) / len(losses))
+
+
+# ---------- passkey retrieval ----------
+
+def passkey_dataset(length, pretrained=None, depths=PASSKEY_DEPTHS, docs_per_depth=PASSKEY_DOCS_PER_DEPTH,
+                    seed=0, **kwargs):
+    """Haystacks of `length` tokens (by the model's tokenizer) with a five-digit pass key hidden
+    at each depth; the request asks for the key after the haystack."""
+    _, tokenizer = _run(pretrained)
+    rows = []
+    for depth in depths:
+        for k in range(docs_per_depth):
+            rng = random.Random(f"{seed}-{length}-{depth}-{k}")
+            key = str(rng.randrange(10000, 100000))
+            needle = f" The pass key is {key}. Remember it. {key} is the pass key."
+            question = " What is the pass key? The pass key is"
+            budget = length - len(tokenizer(needle + question)["input_ids"])
+            filler, used = [], 0
+            while used < budget:
+                sentence = " " + filler_sentence(rng)
+                filler.append(sentence)
+                used += len(tokenizer(sentence)["input_ids"])
+            cut = round(len(filler) * depth / 100)
+            context = ("".join(filler[:cut]) + needle + "".join(filler[cut:]) + question).lstrip()
+            rows.append({"context": context, "target": f" {key}", "depth": depth, "length": length})
+    return _dataset(rows)
+
+
+def passkey_1k(**kwargs):
+    return passkey_dataset(1024, **kwargs)
+
+
+def passkey_4k(**kwargs):
+    return passkey_dataset(4096, **kwargs)
+
+
+def passkey_16k(**kwargs):
+    return passkey_dataset(16384, **kwargs)
+
+
+def passkey_64k(**kwargs):
+    return passkey_dataset(65536, **kwargs)
+
+
+def passkey_results(doc, results):
+    (_, greedy), = results
+    metrics = {f"acc_depth_{d}": None for d in PASSKEY_DEPTHS}
+    metrics[f"acc_depth_{doc['depth']}"] = float(greedy)
+    metrics["acc"] = float(greedy)
+    return metrics
+
+
+def mean_present(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else float("nan")

@@ -36,10 +36,11 @@ class InfiniPythiaLM(TemplateLM):
         config = AutoConfig.from_pretrained(pretrained)
         overrides = {k: v for k, v in (("segment_len", segment_len), ("memory_scope", memory_scope)) if v is not None}
         if overrides and config.model_type != "infini_pythia":
-            raise ValueError(f"{next(iter(overrides))}: only Infini models have it; {pretrained} is "
-                             f"{config.model_type}")
+            raise ValueError(f"{next(iter(overrides))}: only for Infini models; {pretrained} is a "
+                             f"{config.model_type} checkpoint")
         if overrides:
             config = AutoConfig.from_pretrained(pretrained, **overrides)
+            config.check()  # from_pretrained sets overrides after the config validated itself
         if device and device.startswith("cuda") and not torch.cuda.is_available():
             log.warning("device %s unavailable (lm_eval's default is cuda); using the CPU", device)
             device = "cpu"

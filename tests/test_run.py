@@ -1,26 +1,16 @@
 """`python -m infini_bench.run`: the smoke suite end to end, and bad input."""
 
 import json
-import os
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import infini_bench.models  # noqa: F401  (registers the Auto classes)
+from conftest import REPO, run_cli
 from infini_bench.run import main
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args, cache, cwd=REPO):
-    env = {**os.environ, "INFINI_BENCH_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "infini_bench.run", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=900)
 
 
 def table_rows(markdown: str, heading: str) -> dict[str, list[str]]:
@@ -34,14 +24,6 @@ def table_rows(markdown: str, heading: str) -> dict[str, list[str]]:
         elif rows and not line.startswith("|"):
             break
     return rows
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    result = run_cli("--suite", "smoke", "--output-dir", str(out), cache=out / "cache")
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
 
 
 def test_smoke_suite_results_and_leaderboard_agree(smoke):

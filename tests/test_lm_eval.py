@@ -159,3 +159,21 @@ def test_model_args_override_segment_len_and_reject_bad_values(smoke):
         InfiniPythiaLM(pretrained=str(out / "runs" / "smoke" / "single-memory"), segment_len=0)
     with pytest.raises(ValueError, match="^segment_len: only for Infini models"):
         InfiniPythiaLM(pretrained=str(out / "runs" / "smoke" / "pythia-baseline"), segment_len=16)
+
+
+def test_generate_until_stops_at_the_stop_sequence(smoke):
+    from lm_eval.api.instance import Instance
+
+    from infini_bench.evaluation import greedy_generate
+    from infini_bench.lm_eval_model import InfiniPythiaLM
+
+    out, _ = smoke
+    lm = InfiniPythiaLM(pretrained=str(out / "runs" / "smoke" / "multi-memory-4"), device="cpu")
+    context = "Nobody watched the wind, so the field stayed green by the street. The quiet"
+    request = Instance(request_type="generate_until", doc={}, idx=0,
+                       arguments=(context, {"until": ["."], "max_gen_toks": 20}))
+    (text,) = lm.generate_until([request], disable_tqdm=True)
+    full = lm.tok_decode(greedy_generate(lm.model, lm.tok_encode(context), 20, lambda t: False, lm.device))
+    assert "." not in text and full.startswith(text)
+    if "." in full:
+        assert text == full.split(".")[0]

@@ -1,6 +1,7 @@
 """`python -m infini_bench.run --suite core`: train and evaluate a suite's models, write the leaderboard."""
 
 import argparse
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -74,15 +75,23 @@ def run_model(config, spec, data, device, env, order: int) -> dict:
 
     run_dir = config.runs_dir / spec.slug
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "results.json").unlink(missing_ok=True)
     model_config = config.model_config(spec, vocab_size=model_vocab_size(data.tokenizer))
-    atomic_write_json(run_dir / "run_config.json", {"run": config.to_dict(), "model_name": spec.name,
-                                                    "model": model_config.to_dict(), "data": data.info})
+    resolved = {"run": config.to_dict(), "model_name": spec.name, "model": model_config.to_dict(), "data": data.info}
+    fingerprint = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    finished = _read_json(run_dir / "results.json")
+    if finished and finished.get("fingerprint") == fingerprint:
+        print(f"{spec.name}: already finished with this config ({run_dir / 'results.json'}); not retrained",
+              flush=True)
+        return finished
+    (run_dir / "results.json").unlink(missing_ok=True)
+    previous = _read_json(run_dir / "run_config.json")
+    resume = bool(previous and previous.get("fingerprint") == fingerprint)
+    atomic_write_json(run_dir / "run_config.json", {**resolved, "fingerprint": fingerprint})
     atomic_write_json(run_dir / "environment.json", env)
     set_seed(config.training.seed)
     model = build_model(model_config)
     parameters = sum(p.numel() for p in model.parameters())
-    model, train_time = train(model, data, run_dir, config.training, config.evaluation, device)
+    model, train_time = train(model, data, run_dir, config.training, config.evaluation, device, resume=resume)
 
     precision = autocast_dtype(device)
     model.to(device)
@@ -101,13 +110,20 @@ def run_model(config, spec, data, device, env, order: int) -> dict:
         "parameters": parameters, "memory_bytes": memory["total_bytes"] if memory else 0,
         "best_epoch": best["epoch"], "epochs_trained": len(curve), "best_val_ppl": validation["ppl"],
         "validation": validation, "reversal": reversal, "curve": curve, "train_time_s": train_time,
-        "data": data.info, "git_commit": env["git_commit"],
+        "data": data.info, "git_commit": env["git_commit"], "fingerprint": fingerprint,
     }
     atomic_write_json(run_dir / "results.json", results)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return results
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _epoch_record(line: str) -> dict:

@@ -5,6 +5,7 @@ up to 30 epochs, evaluation each epoch, early stopping with patience 1 on valida
 checkpoint kept. Stream-scope memory is reset at each epoch start and before each evaluation.
 """
 
+import json
 import math
 import shutil
 import time
@@ -16,7 +17,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.integrations import TensorBoardCallback
 
 from .evaluation import REFERENCE_BINS, lm_metrics, reset_memory, sample_token_nll
-from .io import append_jsonl
+from .io import append_jsonl, atomic_write_text
 
 
 @dataclass
@@ -105,10 +106,20 @@ class InfiniTrainer(Trainer):
         return metrics
 
 
-def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConfig, device: torch.device):
+def latest_checkpoint(trainer_dir: Path) -> Path | None:
+    """The newest complete Trainer checkpoint (its trainer_state.json is written last)."""
+    done = [p for p in trainer_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConfig, device: torch.device,
+          resume: bool = False):
     """Train `model` on `data` (a DataBundle) into `run_dir`; the best model ends up in `run_dir`.
 
-    Returns the per-epoch metrics and the training time."""
+    With `resume`, training continues from the newest checkpoint in run_dir/trainer (model,
+    optimizer, scheduler, RNG and early-stopping state; checkpoints are taken at epoch ends,
+    where the stream memory is reset anyway), and metrics.jsonl is cut back to that epoch.
+    Returns the best model and the training time of this call."""
     from torch.utils.tensorboard import SummaryWriter
 
     cuda = device.type == "cuda"
@@ -139,7 +150,15 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
         dataloader_num_workers=0,
     )
     epoch_log = run_dir / "metrics.jsonl"
-    epoch_log.unlink(missing_ok=True)
+    checkpoint = latest_checkpoint(run_dir / "trainer") if resume else None
+    if checkpoint is None:
+        shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+        epoch_log.unlink(missing_ok=True)
+    else:
+        epoch = json.loads((checkpoint / "trainer_state.json").read_text())["epoch"]
+        lines = epoch_log.read_text().splitlines() if epoch_log.exists() else []
+        atomic_write_text(epoch_log, "".join(f"{x}\n" for x in lines if json.loads(x)["epoch"] <= round(epoch)))
+        print(f"resuming from {checkpoint} (epoch {round(epoch)})", flush=True)
     trainer = InfiniTrainer(
         model=model, args=args, train_dataset=data.train, data_collator=collate,
         eval_dataset=data.validation, eval_config=eval_config,
@@ -147,7 +166,7 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
                    EpochLog(epoch_log), TensorBoardCallback(SummaryWriter(str(run_dir / "tensorboard")))],
     )
     start = time.perf_counter()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     elapsed = time.perf_counter() - start
     # Reload the best checkpoint with from_pretrained: the Trainer's own best-model reload
     # (transformers 5.x) skips the key renaming of GPTNeoX checkpoints (lm_head is saved as

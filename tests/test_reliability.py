@@ -1,0 +1,92 @@
+"""Reliability: resume after SIGKILL, nothing unpickles."""
+
+import ast
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, run_cli
+
+PACKAGE = REPO / "infini_bench"
+
+
+def without_times(markdown: str) -> str:
+    return re.sub(r"\d+\.\d min", "<time>", markdown)
+
+
+def run_until(out: Path, cache: Path, condition, timeout=600):
+    """Start the smoke suite and SIGKILL it as soon as `condition()` holds."""
+    env = {**os.environ, "INFINI_BENCH_CACHE": str(cache)}
+    process = subprocess.Popen([sys.executable, "-m", "infini_bench.run", "--suite", "smoke", "--output-dir",
+                                str(out)], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, "the run ended before the kill point"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_killed_three_times_then_resumed_equals_uninterrupted(smoke, tmp_path):
+    reference, _ = smoke
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    runs = out / "runs" / "smoke"
+
+    def checkpoints(slug):
+        return list((runs / slug / "trainer").glob("checkpoint-*/trainer_state.json"))
+
+    # 1: while the first model trains, before its first checkpoint is complete.
+    run_until(out, cache, lambda: (runs / "pythia-baseline" / "metrics.jsonl").exists())
+    # 2: the second model has a checkpoint (an epoch done), so it must resume from it.
+    run_until(out, cache, lambda: bool(checkpoints("single-memory")))
+    assert not (runs / "single-memory" / "results.json").exists()
+    # 3: right after the third model's results are written.
+    run_until(out, cache, lambda: (runs / "multi-memory-4" / "results.json").exists())
+    finished = {slug: (runs / slug / "results.json").stat().st_mtime_ns
+                for slug in ("pythia-baseline", "single-memory", "multi-memory-4")}
+
+    final = run_cli("--suite", "smoke", "--output-dir", str(out), cache=cache)
+    assert final.returncode == 0, final.stderr[-3000:]
+    for slug, mtime in finished.items():  # finished models are not retrained
+        assert (runs / slug / "results.json").stat().st_mtime_ns == mtime
+    assert final.stdout.count("already finished") == 3
+    for slug in finished | {"hierarchical-4": 0}:
+        ours = json.loads((runs / slug / "results.json").read_text())
+        theirs = json.loads((reference / "runs" / "smoke" / slug / "results.json").read_text())
+        for key in ("best_val_ppl", "validation", "reversal", "curve", "best_epoch", "epochs_trained"):
+            assert ours[key] == theirs[key], (slug, key)
+    assert without_times((out / "leaderboard" / "smoke.md").read_text()) == \
+        without_times((reference / "leaderboard" / "smoke.md").read_text())
+
+
+def test_second_model_resumed_from_its_checkpoint(smoke, tmp_path):
+    """The resumed model continues from its epoch-1 checkpoint rather than starting again."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    runs = out / "runs" / "smoke"
+    run_until(out, cache, lambda: bool(list((runs / "pythia-baseline" / "trainer").glob(
+        "checkpoint-*/trainer_state.json"))) and (runs / "pythia-baseline" / "metrics.jsonl").exists())
+    final = run_cli("--suite", "smoke", "--output-dir", str(out), cache=cache)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert re.search(r"resuming from .*pythia-baseline/trainer/checkpoint-\d+ \(epoch 1\)", final.stdout)
+
+
+def test_no_loading_path_unpickles():
+    """Every torch.load in the package passes weights_only=True; YAML loads are safe; no pickle."""
+    for path in list(PACKAGE.rglob("*.py")) + list((REPO / "tasks").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert all(a.name not in ("pickle", "dill", "cloudpickle") for a in node.names), path
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = getattr(node.func.value, "id", None)
+                if (owner, node.func.attr) == ("torch", "load"):
+                    weights_only = [k for k in node.keywords if k.arg == "weights_only"]
+                    assert weights_only and getattr(weights_only[0].value, "value", None) is True, path
+                if owner == "yaml":
+                    assert node.func.attr in ("safe_load", "safe_dump", "dump"), (path, node.func.attr)

@@ -37,15 +37,20 @@ def append_jsonl(path, record):
 
 @contextmanager
 def atomic_dir(path):
-    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename."""
+    """Yield a temporary folder beside `path`; on success it becomes `path` in one rename.
+
+    For caches whose name is the key of their content: if another process created `path`
+    meanwhile, its copy is kept and this one discarded."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            if not path.exists():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

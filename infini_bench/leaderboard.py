@@ -6,6 +6,7 @@ finishing together cannot lose each other's rows.
 """
 
 import argparse
+import fcntl
 import json
 import os
 import tempfile
@@ -132,11 +133,21 @@ def plot(results, plot_dir: Path, suite: str) -> list[Path]:
 
 
 def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, description: str = "") -> Path | None:
-    """Rebuild `leaderboard/<suite>.md` and its plots from every results.json of the suite."""
+    """Rebuild `leaderboard/<suite>.md` and its plots from every results.json of the suite.
+
+    Reading the results and writing the files happen under an exclusive lock, so of two runs
+    finishing together the later rebuild sees both results."""
+    leaderboard_dir = Path(leaderboard_dir)
+    leaderboard_dir.mkdir(parents=True, exist_ok=True)
+    with open(leaderboard_dir / f".{suite}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _write_leaderboard(runs_dir, leaderboard_dir, suite, description)
+
+
+def _write_leaderboard(runs_dir, leaderboard_dir, suite, description):
     results = load_results(runs_dir)
     if not results:
         return None
-    leaderboard_dir = Path(leaderboard_dir)
     plots = plot(results, leaderboard_dir / "plots", suite)
     first = results[0]
     lines = [f"# {suite}", ""]

@@ -31,6 +31,7 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, help="data and training seed (default: the suite's)")
     parser.add_argument("--max-epochs", type=int, help="override the suite's training.max_epochs")
     parser.add_argument("--deepspeed", help="DeepSpeed JSON config, passed to the Trainer")
+    parser.add_argument("--models", help="only these models, by run-directory name (comma-separated)")
     return parser.parse_args(argv)
 
 
@@ -64,7 +65,7 @@ def model_vocab_size(tokenizer) -> int:
     return -(-len(tokenizer) // 128) * 128
 
 
-def run_model(config, spec, data, device, env, order: int) -> dict:
+def run_model(config, spec, data, device, env) -> dict:
     import torch
     from transformers import set_seed
 
@@ -103,7 +104,7 @@ def run_model(config, spec, data, device, env, order: int) -> dict:
     best = min(curve, key=lambda c: c["val_ppl"])
     memory = model.memory_info() if hasattr(model, "memory_info") else None
     results = {
-        "suite": config.suite, "model": spec.name, "slug": spec.slug, "order": order,
+        "suite": config.suite, "model": spec.name, "slug": spec.slug, "order": spec.order,
         "memory_type": model_config.memory_type, "num_memories": model_config.num_memories,
         "memory_scope": model_config.memory_scope, "segment_len": model_config.segment_len,
         "preset": config.preset, "device": str(device), "seed": config.training.seed,
@@ -140,10 +141,10 @@ def run_suite(config, device, data) -> Path | None:
           f"{data.info['validation_samples']} validation samples, tokenizer {data.info['tokenizer']} "
           f"({data.info['vocab_size']} tokens)", flush=True)
     leaderboard = None
-    for order, spec in enumerate(config.models):
+    for spec in config.models:
         start = time.perf_counter()
         print(f"== {spec.name} ==", flush=True)
-        results = run_model(config, spec, data, device, env, order)
+        results = run_model(config, spec, data, device, env)
         print(f"{spec.name}: best val PPL {results['best_val_ppl']:.2f} at epoch {results['best_epoch']}, "
               f"recall PPL {results['validation'].get('recall_ppl') or float('nan'):.2f}, "
               f"{time.perf_counter() - start:.0f}s", flush=True)
@@ -160,7 +161,8 @@ def main(argv=None) -> int:
         device = pick_device(args.device)
         config = load_run_config(args.suite, device.type, preset=args.preset, data=args.data,
                                  output_dir=args.output_dir, seed=args.seed, deepspeed=args.deepspeed,
-                                 max_epochs=args.max_epochs)
+                                 max_epochs=args.max_epochs,
+                                 only_models=args.models.split(",") if args.models else None)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -180,7 +182,13 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    leaderboard = run_suite(config, device, data)
+    from .training import NonFiniteLoss
+
+    try:
+        leaderboard = run_suite(config, device, data)
+    except NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"leaderboard: {leaderboard} ({(time.perf_counter() - start) / 60:.1f} min)")
     return 0
 

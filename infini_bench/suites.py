@@ -52,6 +52,7 @@ def find_suite(name: str) -> Path:
 class ModelSpec:
     name: str
     overrides: dict
+    order: int = 0  # place in the suite's list (leaderboard row order)
 
     @property
     def slug(self) -> str:
@@ -171,7 +172,7 @@ def _check_writable(path: Path):
 
 def load_run_config(suite: str, device: str, preset: str | None = None, data: str | None = None,
                     output_dir: str = ".", seed: int | None = None, deepspeed: str | None = None,
-                    max_epochs: int | None = None) -> RunConfig:
+                    max_epochs: int | None = None, only_models: list[str] | None = None) -> RunConfig:
     """Resolve a suite for a device ("cpu" or "cuda"); raises ValueError naming the bad field."""
     from .models import PRESETS
 
@@ -215,7 +216,13 @@ def load_run_config(suite: str, device: str, preset: str | None = None, data: st
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ValueError(f"models[{i}]: expected a mapping with a 'name'")
         overrides = {**defaults, **{k: v for k, v in entry.items() if k != "name"}}
-        config.models.append(ModelSpec(entry["name"], overrides))
+        config.models.append(ModelSpec(entry["name"], overrides, order=i))
+    if only_models:
+        slugs = [m.slug for m in config.models]
+        unknown = [m for m in only_models if m not in slugs]
+        if unknown:
+            raise ValueError(f"models: unknown {unknown[0]!r}; accepted: {', '.join(slugs)}")
+        config.models = [m for m in config.models if m.slug in only_models]
     try:
         _validate(config)
     except TypeError as error:

@@ -75,6 +75,10 @@ class EpochLog(TrainerCallback):
             append_jsonl(self.path, {"epoch": round(state.epoch or 0), "step": state.global_step, **metrics})
 
 
+class NonFiniteLoss(RuntimeError):
+    """Training stopped on a NaN or infinite loss."""
+
+
 class InfiniTrainer(Trainer):
     """Trainer whose evaluation is infini-bench's own (per-token losses, recall and position PPL)."""
 
@@ -86,8 +90,13 @@ class InfiniTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if model.training:
-            loss = result[0] if return_outputs else result
-            self._train_loss_sum += loss.detach().float().item()
+            loss = (result[0] if return_outputs else result).detach().float().item()
+            if not math.isfinite(loss):
+                kept = latest_checkpoint(Path(self.args.output_dir))
+                raise NonFiniteLoss(f"training: loss is {loss} at step {self.state.global_step + 1} "
+                                    f"(epoch {self.state.epoch:.2f}); stopped. Last good checkpoint: "
+                                    f"{kept or 'none yet'}")
+            self._train_loss_sum += loss
             self._train_loss_count += 1
         return result
 

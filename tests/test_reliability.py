@@ -90,3 +90,55 @@ def test_no_loading_path_unpickles():
                     assert weights_only and getattr(weights_only[0].value, "value", None) is True, path
                 if owner == "yaml":
                     assert node.func.attr in ("safe_load", "safe_dump", "dump"), (path, node.func.attr)
+
+
+def test_two_runs_finishing_together_both_appear(smoke, tmp_path):
+    reference, _ = smoke
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    env = {**os.environ, "INFINI_BENCH_CACHE": str(cache)}
+    processes = [subprocess.Popen([sys.executable, "-m", "infini_bench.run", "--suite", "smoke", "--output-dir",
+                                   str(out), "--models", slug], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True)
+                 for slug in ("single-memory", "multi-memory-4")]
+    for process in processes:
+        assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
+    markdown = (out / "leaderboard" / "smoke.md").read_text()
+    for slug, name in (("single-memory", "Single Memory"), ("multi-memory-4", "Multi Memory (4)")):
+        ppl = json.loads((reference / "runs" / "smoke" / slug / "results.json").read_text())["best_val_ppl"]
+        assert re.search(rf"\| {re.escape(name)} +\| {ppl:.2f} ", markdown)
+    assert not list((out / "leaderboard").glob("*.tmp")) and not list((out / "leaderboard").glob(".*.png"))
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    import pytest
+    import torch
+
+    from infini_bench import InfiniPythiaConfig, build_model
+    from infini_bench.data import DataConfig, prepare_data
+    from infini_bench.training import EvalConfig, NonFiniteLoss, TrainConfig, train
+
+    data = prepare_data(DataConfig(num_samples=40, sample_len=32, tokenizer="bpe", vocab_size=300,
+                                   reversal_facts=12, reversal_repeats=0), tmp_path / "cache")
+    model = build_model(InfiniPythiaConfig.from_preset("pythia-14m", vocab_size=384, memory_type="single",
+                                                       segment_len=16))
+    steps_per_epoch = -(-len(data.train) // 8)
+    forward, calls = model.forward, []
+
+    def forward_with_nan_at_step(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if model.training:
+            calls.append(1)
+            if len(calls) == steps_per_epoch + 2:
+                out.loss = out.loss * torch.nan
+        return out
+
+    model.forward = forward_with_nan_at_step
+    run_dir = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss, match=rf"^training: loss is nan at step {steps_per_epoch + 2} .*"
+                                            rf"checkpoint-{steps_per_epoch}$"):
+        train(model, data, run_dir, TrainConfig(batch_size=8, max_epochs=3, lr=1e-3), EvalConfig(),
+              torch.device("cpu"))
+    kept = run_dir / "trainer" / f"checkpoint-{steps_per_epoch}"
+    assert (kept / "model.safetensors").exists() and (kept / "trainer_state.json").exists()
+    assert not (run_dir / "model.safetensors").exists()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1

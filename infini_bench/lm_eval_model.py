@@ -46,9 +46,16 @@ class InfiniPythiaLM(TemplateLM):
             device = "cpu"
         self._device = pick_device(device or "auto") if device in (None, "auto", "cpu", "cuda") \
             else torch.device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(pretrained, config=config, dtype=DTYPES[dtype])
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(pretrained, config=config, dtype=DTYPES[dtype])
+        except Exception as error:  # noqa: BLE001 - a checkpoint that cannot be read, whatever the reason
+            raise ValueError(f"pretrained: {pretrained} cannot be loaded, truncated or corrupted? "
+                             f"({error.__class__.__name__})") from None
         self.model.to(self._device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
+        if len(self.tokenizer) > self.model.config.vocab_size:
+            raise ValueError(f"tokenizer: {len(self.tokenizer)} tokens do not fit the checkpoint's vocab_size "
+                             f"{self.model.config.vocab_size}; use the tokenizer saved with the checkpoint")
         self.batch_size = 8 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_gen_toks = int(max_gen_toks)
         self.infini = hasattr(self.model, "empty_memory")

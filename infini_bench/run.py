@@ -155,7 +155,7 @@ def run_suite(config, device, data) -> Path | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from .suites import load_run_config
-    from .training import pick_device
+    from .training import check_checkpoint, latest_checkpoint, pick_device
 
     try:
         device = pick_device(args.device)
@@ -163,6 +163,10 @@ def main(argv=None) -> int:
                                  output_dir=args.output_dir, seed=args.seed, deepspeed=args.deepspeed,
                                  max_epochs=args.max_epochs,
                                  only_models=args.models.split(",") if args.models else None)
+        for spec in config.models:  # before anything is written: can every resume point be read?
+            checkpoint = latest_checkpoint(config.runs_dir / spec.slug / "trainer")
+            if checkpoint is not None:
+                check_checkpoint(checkpoint)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -121,6 +121,18 @@ def latest_checkpoint(trainer_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
+def check_checkpoint(checkpoint: Path):
+    """Raise ValueError (one line, naming the file) if a checkpoint cannot be resumed from."""
+    from safetensors.torch import load_file
+
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        load_file(checkpoint / "model.safetensors")
+    except Exception as error:  # noqa: BLE001 - any failure means the same thing here
+        raise ValueError(f"checkpoint: {checkpoint} is truncated or corrupted ({error.__class__.__name__}); "
+                         "delete it to resume from an earlier one or to retrain") from None
+
+
 def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConfig, device: torch.device,
           resume: bool = False):
     """Train `model` on `data` (a DataBundle) into `run_dir`; the best model ends up in `run_dir`.

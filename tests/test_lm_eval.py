@@ -177,3 +177,29 @@ def test_generate_until_stops_at_the_stop_sequence(smoke):
     assert "." not in text and full.startswith(text)
     if "." in full:
         assert text == full.split(".")[0]
+
+
+def test_bad_checkpoints_give_one_line_errors(smoke, tmp_path):
+    import shutil
+
+    from infini_bench.data.tokenizer import train_bpe_tokenizer
+    from infini_bench.lm_eval_model import InfiniPythiaLM
+
+    out, _ = smoke
+    source = out / "runs" / "smoke" / "single-memory"
+    truncated = tmp_path / "truncated"
+    shutil.copytree(source, truncated)
+    weights = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(weights[:len(weights) // 3])
+    with pytest.raises(ValueError, match=r"^pretrained: .* cannot be loaded, truncated or corrupted\?") as error:
+        InfiniPythiaLM(pretrained=str(truncated), device="cpu")
+    assert "\n" not in str(error.value)
+
+    mismatched = tmp_path / "mismatched"
+    shutil.copytree(source, mismatched)
+    from infini_bench.data.embedded import embedded_documents
+
+    texts = [d["text"] for d in embedded_documents(100, seed=3)]
+    train_bpe_tokenizer(texts, vocab_size=2000).save_pretrained(mismatched)
+    with pytest.raises(ValueError, match=r"^tokenizer: \d+ tokens do not fit the checkpoint's vocab_size 512"):
+        InfiniPythiaLM(pretrained=str(mismatched), device="cpu")

@@ -123,7 +123,32 @@ BAD_INPUTS = [
     (lambda t: ["--suite", "smoke", "--output-dir", str(t / "a_file" / "out")], "output-dir:"),
     (lambda t: ["--suite", "smoke", "--device", "tpu"], "argument --device: invalid choice"),
     (lambda t: ["--suite", "smoke", "--deepspeed", str(t / "nope.json")], "training.deepspeed: config file"),
+    (lambda t: ["--suite", "smoke", "--models", "dual-memory"], "models: unknown 'dual-memory'; accepted: "),
+    (lambda t: ["--suite", "smoke", "--max-epochs", "0"], "training.max_epochs: expected a positive integer"),
+    (lambda t: ["--suite", "smoke", "--seed", "forty-two"], "argument --seed: invalid int value"),
+    (lambda t: ["--suite", write_suite(t, **{"data.val_fraction": 1.5})], "data.val_fraction"),
+    (lambda t: ["--suite", write_suite(t, **{"evaluation.position_bins": [16, 32]})], "evaluation.position_bins"),
+    (lambda t: ["--suite", write_suite(t, unknown_section={})], "suite.unknown_section: unknown key"),
+    (lambda t: ["--suite", broken_checkpoint(t, truncate=True)], "checkpoint: "),
+    (lambda t: ["--suite", broken_checkpoint(t, truncate=False)], "is truncated or corrupted"),
 ]
+
+
+def broken_checkpoint(tmp_path, truncate: bool):
+    """An output folder whose single-memory run has a damaged newest checkpoint."""
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "out" / "runs" / "smoke" / "single-memory" / "trainer" / "checkpoint-50"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text("{}")
+    save_file({"w": torch.zeros(1000)}, checkpoint / "model.safetensors")
+    data = (checkpoint / "model.safetensors").read_bytes()
+    (checkpoint / "model.safetensors").write_bytes(data[:len(data) // 2] if truncate else b"\x00garbage" * 50)
+    return "smoke"
+
+
+def tree(path):
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")) if path.exists() else []
 
 
 @pytest.mark.parametrize("make_args,message", BAD_INPUTS)
@@ -133,12 +158,13 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, make_args, 
     args = make_args(tmp_path)
     if "--output-dir" not in args:
         args += ["--output-dir", str(out)]
+    before = tree(out)
     with pytest.raises(SystemExit) as exit_info:
         sys.exit(main(args))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
-    assert not out.exists()
+    assert tree(out) == before
 
 
 def test_bad_input_through_the_real_command(tmp_path):

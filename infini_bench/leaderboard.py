@@ -39,9 +39,11 @@ def _kilobytes(n):
 def summary_table(results):
     rows = []
     for r in results:
+        ci = r["validation"].get("ppl_bootstrap_ci95")
         rows.append({
             "model": r["model"],
             "best val PPL": _fmt(r["best_val_ppl"], 2),
+            "95% CI (bootstrap)": f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "—",
             "best epoch": r["best_epoch"],
             "epochs run": r["epochs_trained"],
             "recall-token PPL": _fmt(r["validation"].get("recall_ppl"), 2),
@@ -144,10 +146,69 @@ def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, descrip
         return _write_leaderboard(runs_dir, leaderboard_dir, suite, description)
 
 
-def _write_leaderboard(runs_dir, leaderboard_dir, suite, description):
-    results = load_results(runs_dir)
-    if not results:
+SEED_METRICS = {  # label: (getter, digits)
+    "best val PPL": (lambda r: r["best_val_ppl"], 2),
+    "recall-token PPL": (lambda r: r["validation"].get("recall_ppl"), 2),
+    "forward acc": (lambda r: r["reversal"]["forward_acc"], 3),
+    "backward acc": (lambda r: r["reversal"]["backward_acc"], 3),
+    "backward PPL": (lambda r: r["reversal"]["backward_ppl"], 1),
+}
+
+
+def mean_ci(values) -> tuple[float, float, int]:
+    """Mean, half-width of its 95% t-interval (nan for one value), n."""
+    import numpy as np
+    from scipy import stats
+
+    values = np.asarray([v for v in values if v is not None], dtype=float)
+    n = len(values)
+    if n < 2:
+        return (float(values.mean()) if n else float("nan")), float("nan"), n
+    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
+    return float(values.mean()), float(half), n
+
+
+def _pm(mean, half, digits):
+    return _fmt(mean, digits) if half != half else f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def seeds_table(groups):
+    rows = []
+    for name, runs in groups.items():
+        row = {"model": name, "n": len(runs)}
+        for label, (get, digits) in SEED_METRICS.items():
+            mean, half, _ = mean_ci([get(r) for r in runs])
+            row[label] = _pm(mean, half, digits)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def differences_table(groups, reference: str):
+    """Each model minus the reference, paired by seed: mean difference, 95% CI, significance."""
+    base = {r["seed"]: r for r in groups[reference]}
+    rows = []
+    for name, runs in groups.items():
+        if name == reference:
+            continue
+        for label, (get, digits) in SEED_METRICS.items():
+            diffs = [get(r) - get(base[r["seed"]]) for r in runs
+                     if r["seed"] in base and get(r) is not None and get(base[r["seed"]]) is not None]
+            mean, half, n = mean_ci(diffs)
+            verdict = "—" if n < 2 else ("not significant" if abs(mean) <= half else "significant")
+            rows.append({"model": name, "metric": label, f"difference vs {reference}": _pm(mean, half, digits),
+                         "n (paired seeds)": n, "": verdict})
+    return pd.DataFrame(rows)
+
+
+def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, reference="Single Memory"):
+    every_run = load_results(runs_dir)
+    if not every_run:
         return None
+    groups = {}
+    for r in sorted(every_run, key=lambda r: (r.get("order", 0), r["seed"])):
+        groups.setdefault(r["model"], []).append(r)
+    results = [runs[0] for runs in groups.values()]  # the suite's own seed: per-run tables
+    several_seeds = any(len(runs) > 1 for runs in groups.values())
     plots = plot(results, leaderboard_dir / "plots", suite)
     first = results[0]
     lines = [f"# {suite}", ""]
@@ -163,6 +224,16 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description):
               f"![learning curves](plots/{plots[0].name})", ""]
     lines += ["## Validation PPL by token position", "", _markdown(position_table(results)), "",
               f"![position-wise PPL](plots/{plots[1].name})", ""]
+    if several_seeds:
+        reference = reference if reference in groups else next(iter(groups))
+        lines += ["## Across seeds", "",
+                  "Mean ± half-width of the 95% t-interval over seeds (one run per seed: initialisation "
+                  "and data order; the same validation set), from every `results.json` of the suite. "
+                  "The tables above and below show the lowest seed.", "",
+                  _markdown(seeds_table(groups)), "",
+                  f"## Differences vs {reference} (paired by seed)", "",
+                  "A difference whose interval contains zero is not significant.", "",
+                  _markdown(differences_table(groups, reference)), ""]
     lines += ["## Reversal curse", "",
               f"PPL of whole fact sentences (forward = as trained, backward = reversed; the reference's "
               f"definition) and accuracy of ranking the right answer first among "

@@ -1,6 +1,7 @@
 """`python -m infini_bench.run --suite core`: train and evaluate a suite's models, write the leaderboard."""
 
 import argparse
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -29,6 +30,8 @@ def parse_args(argv=None):
     parser.add_argument("--data", help="embedded, pile, pg19, pile:<local mirror>, or a local file/folder")
     parser.add_argument("--output-dir", default=".", help="runs/ and leaderboard/ are written here")
     parser.add_argument("--seed", type=int, help="data and training seed (default: the suite's)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train and evaluate every model with this many seeds (seed, seed + 1, ...)")
     parser.add_argument("--max-epochs", type=int, help="override the suite's training.max_epochs")
     parser.add_argument("--deepspeed", help="DeepSpeed JSON config, passed to the Trainer")
     parser.add_argument("--models", help="only these models, by run-directory name (comma-separated)")
@@ -65,7 +68,9 @@ def model_vocab_size(tokenizer) -> int:
     return -(-len(tokenizer) // 128) * 128
 
 
-def run_model(config, spec, data, device, env) -> dict:
+def run_model(config, spec, data, device, env, base_seed: int | None = None) -> dict:
+    """Train and evaluate one model with `config.training.seed`; its run directory is named
+    after the model, with `-seed<s>` added for seeds other than the suite's own."""
     import torch
     from transformers import set_seed
 
@@ -74,10 +79,12 @@ def run_model(config, spec, data, device, env) -> dict:
     from .models import build_model
     from .training import autocast_dtype, train
 
-    run_dir = config.runs_dir / spec.slug
+    seed = config.training.seed
+    run_dir = config.runs_dir / (spec.slug if seed == (base_seed or seed) else f"{spec.slug}-seed{seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     model_config = config.model_config(spec, vocab_size=model_vocab_size(data.tokenizer))
-    resolved = {"run": config.to_dict(), "model_name": spec.name, "model": model_config.to_dict(), "data": data.info}
+    run = {k: v for k, v in config.to_dict().items() if k != "num_seeds"}
+    resolved = {"run": run, "model_name": spec.name, "model": model_config.to_dict(), "data": data.info}
     fingerprint = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
     finished = _read_json(run_dir / "results.json")
     if finished and finished.get("fingerprint") == fingerprint:
@@ -98,6 +105,7 @@ def run_model(config, spec, data, device, env) -> dict:
     model.to(device)
     nll = sample_token_nll(model, data.validation["input_ids"], config.evaluation.batch_size, device, precision)
     validation = lm_metrics(nll, data.validation["recall"], config.evaluation.position_bins, config.data.sample_len)
+    validation["ppl_bootstrap_ci95"] = bootstrap_ppl_ci(nll)
     reversal = reversal_metrics(model, data.tokenizer, data.facts, config.evaluation.num_distractors,
                                 config.evaluation.batch_size, device, precision, seed=config.data.seed)
     curve = [_epoch_record(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -118,6 +126,16 @@ def run_model(config, spec, data, device, env) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return results
+
+
+def bootstrap_ppl_ci(nll, resamples: int = 1000, seed: int = 0) -> list[float]:
+    """95% percentile-bootstrap interval of the validation PPL, resampling validation samples."""
+    import numpy as np
+
+    per_sample = nll.mean(1)
+    rng = np.random.default_rng(seed)
+    means = per_sample[rng.integers(0, len(per_sample), (resamples, len(per_sample)))].mean(1)
+    return [float(np.exp(np.percentile(means, 2.5))), float(np.exp(np.percentile(means, 97.5)))]
 
 
 def _read_json(path: Path):
@@ -141,15 +159,23 @@ def run_suite(config, device, data) -> Path | None:
           f"{data.info['validation_samples']} validation samples, tokenizer {data.info['tokenizer']} "
           f"({data.info['vocab_size']} tokens)", flush=True)
     leaderboard = None
-    for spec in config.models:
-        start = time.perf_counter()
-        print(f"== {spec.name} ==", flush=True)
-        results = run_model(config, spec, data, device, env)
-        print(f"{spec.name}: best val PPL {results['best_val_ppl']:.2f} at epoch {results['best_epoch']}, "
-              f"recall PPL {results['validation'].get('recall_ppl') or float('nan'):.2f}, "
-              f"{time.perf_counter() - start:.0f}s", flush=True)
-        leaderboard = write_leaderboard(config.runs_dir, config.leaderboard_dir, config.suite, config.description)
+    for seed in seeds_of(config):
+        # Each seed is one run per model; the data (and so the validation set) stays the same.
+        seeded = dataclasses.replace(config, training=dataclasses.replace(config.training, seed=seed))
+        for spec in config.models:
+            start = time.perf_counter()
+            print(f"== {spec.name}, seed {seed} ==", flush=True)
+            results = run_model(seeded, spec, data, device, env, base_seed=config.training.seed)
+            print(f"{spec.name}: best val PPL {results['best_val_ppl']:.2f} at epoch {results['best_epoch']}, "
+                  f"recall PPL {results['validation'].get('recall_ppl') or float('nan'):.2f}, "
+                  f"{time.perf_counter() - start:.0f}s", flush=True)
+            leaderboard = write_leaderboard(config.runs_dir, config.leaderboard_dir, config.suite,
+                                            config.description)
     return leaderboard
+
+
+def seeds_of(config) -> list[int]:
+    return [config.training.seed + i for i in range(config.num_seeds)]
 
 
 def main(argv=None) -> int:
@@ -162,7 +188,8 @@ def main(argv=None) -> int:
         config = load_run_config(args.suite, device.type, preset=args.preset, data=args.data,
                                  output_dir=args.output_dir, seed=args.seed, deepspeed=args.deepspeed,
                                  max_epochs=args.max_epochs,
-                                 only_models=args.models.split(",") if args.models else None)
+                                 only_models=args.models.split(",") if args.models else None,
+                                 num_seeds=args.seeds)
         for spec in config.models:  # before anything is written: can every resume point be read?
             checkpoint = latest_checkpoint(config.runs_dir / spec.slug / "trainer")
             if checkpoint is not None:

@@ -71,6 +71,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     training: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    num_seeds: int = 1
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -172,7 +173,8 @@ def _check_writable(path: Path):
 
 def load_run_config(suite: str, device: str, preset: str | None = None, data: str | None = None,
                     output_dir: str = ".", seed: int | None = None, deepspeed: str | None = None,
-                    max_epochs: int | None = None, only_models: list[str] | None = None) -> RunConfig:
+                    max_epochs: int | None = None, only_models: list[str] | None = None,
+                    num_seeds: int = 1) -> RunConfig:
     """Resolve a suite for a device ("cpu" or "cuda"); raises ValueError naming the bad field."""
     from .models import PRESETS
 
@@ -211,6 +213,9 @@ def load_run_config(suite: str, device: str, preset: str | None = None, data: st
         config.training.deepspeed = deepspeed
     if max_epochs is not None:
         config.training.max_epochs = max_epochs
+    if num_seeds < 1:
+        raise ValueError(f"seeds: expected a positive integer, got {num_seeds}")
+    config.num_seeds = num_seeds
     defaults = {**(raw.get("model_defaults") or {}), **(profile.get("model_defaults") or {})}
     for i, entry in enumerate(raw.get("models") or []):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):

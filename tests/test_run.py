@@ -38,10 +38,12 @@ def test_smoke_suite_results_and_leaderboard_agree(smoke):
     for run in runs:
         r = json.loads((run / "results.json").read_text())
         row = summary[r["model"]]
-        assert row[0] == f"{r['best_val_ppl']:.2f}"
-        assert row[1] == str(r["best_epoch"])
-        assert row[3] == f"{r['validation']['recall_ppl']:.2f}"
-        assert row[5] == f"{r['parameters']:,}"
+        low, high = r["validation"]["ppl_bootstrap_ci95"]
+        assert row[0] == f"{r['best_val_ppl']:.2f}" and low < r["best_val_ppl"] < high
+        assert row[1] == f"{low:.2f}–{high:.2f}"
+        assert row[2] == str(r["best_epoch"])
+        assert row[4] == f"{r['validation']['recall_ppl']:.2f}"
+        assert row[6] == f"{r['parameters']:,}"
         column = positions["positions"].index(r["model"])
         assert [k for k in positions if k != "positions"] == list(r["validation"]["position_ppl"])
         for bin_label, value in r["validation"]["position_ppl"].items():

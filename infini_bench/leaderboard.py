@@ -194,7 +194,8 @@ def differences_table(groups, reference: str):
             diffs = [get(r) - get(base[r["seed"]]) for r in runs
                      if r["seed"] in base and get(r) is not None and get(base[r["seed"]]) is not None]
             mean, half, n = mean_ci(diffs)
-            verdict = "—" if n < 2 else ("not significant" if abs(mean) <= half else "significant")
+            verdict = ("—" if n < 2 else "undetermined (no spread)" if half == 0 else
+                       "not significant" if abs(mean) <= half else "significant")
             rows.append({"model": name, "metric": label, f"difference vs {reference}": _pm(mean, half, digits),
                          "n (paired seeds)": n, "": verdict})
     return pd.DataFrame(rows)
@@ -232,7 +233,8 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, reference=
                   "The tables above and below show the lowest seed.", "",
                   _markdown(seeds_table(groups)), "",
                   f"## Differences vs {reference} (paired by seed)", "",
-                  "A difference whose interval contains zero is not significant.", "",
+                  "A difference whose interval contains zero is not significant; with identical "
+                  "differences on every seed the interval has no width and nothing can be concluded.", "",
                   _markdown(differences_table(groups, reference)), ""]
     lines += ["## Reversal curse", "",
               f"PPL of whole fact sentences (forward = as trained, backward = reversed; the reference's "

@@ -5,7 +5,6 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -205,11 +204,10 @@ def main(argv=None) -> int:
     for spec in config.models:
         print(f"  model {spec.name}: {spec.overrides}", flush=True)
     start = time.perf_counter()
-    from .data import prepare_data
+    from .data import default_cache_dir, prepare_data
 
-    cache_dir = Path(os.environ.get("INFINI_BENCH_CACHE", Path.home() / ".cache" / "infini_bench"))
     try:
-        data = prepare_data(config.data, cache_dir)
+        data = prepare_data(config.data, default_cache_dir())
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

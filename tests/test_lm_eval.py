@@ -10,7 +10,7 @@ from pathlib import Path
 import lm_eval
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 STOCK_TASKS = Path(lm_eval.__file__).parent / "tasks"
 

@@ -7,6 +7,7 @@ sentences, repeated and packed into samples.
 
 import hashlib
 import json
+import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,11 @@ from .sources import parse_source, stream_texts
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
 CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """Where tokenizers and tokenized samples are cached: $INFINI_BENCH_CACHE or ~/.cache/infini_bench."""
+    return Path(os.environ.get("INFINI_BENCH_CACHE", Path.home() / ".cache" / "infini_bench"))
 
 
 @dataclass

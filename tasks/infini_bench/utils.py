@@ -7,12 +7,11 @@ tokenizer give the same validation samples and reversal facts that the leaderboa
 
 import json
 import math
-import os
 import random
 from functools import cache
 from pathlib import Path
 
-from infini_bench.data import DataConfig, prepare_data
+from infini_bench.data import DataConfig, default_cache_dir, prepare_data
 from infini_bench.data.embedded import filler_sentence
 from infini_bench.data.reversal import distractors, reversal_facts
 from infini_bench.evaluation import REFERENCE_BINS, bin_edges
@@ -35,10 +34,6 @@ def _run(pretrained: str | None):
     return config, AutoTokenizer.from_pretrained(pretrained)
 
 
-def _cache_dir():
-    return Path(os.environ.get("INFINI_BENCH_CACHE", Path.home() / ".cache" / "infini_bench"))
-
-
 def _dataset(rows):
     from datasets import Dataset, DatasetDict
 
@@ -51,7 +46,7 @@ def positional_dataset(pretrained=None, position_bins=REFERENCE_BINS, **kwargs):
     """One loglikelihood request per (validation sample, position bin): the context is the
     sample up to the bin, the continuation the bin's tokens (targets of positions start..end-1)."""
     config, tokenizer = _run(pretrained)
-    samples = prepare_data(config, _cache_dir(), tokenizer=tokenizer).validation["input_ids"]
+    samples = prepare_data(config, default_cache_dir(), tokenizer=tokenizer).validation["input_ids"]
     rows = []
     for sample_id, ids in enumerate(samples):
         for start, end in bin_edges(position_bins, len(ids) - 1):

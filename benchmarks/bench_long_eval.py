@@ -1,15 +1,18 @@
 """Rolling log-likelihood of long documents through the memory: peak memory and speed by length.
 
 A pythia-14m-dims Infini model (single memory, Pythia's 50,304-token vocabulary, random
-weights) scores one document of each length with lm-eval's `loglikelihood_rolling` request
-through the `infini_pythia` model. Each length runs in a fresh process so that its peak RSS is
-its own; its time is the best of three runs after a warm-up. Last line:
-    RESULT rss_64k_vs_4k=<x> tps_64k_vs_4k=<y>
+weights) scores one document of each length (4K, 64K, 1M tokens) with lm-eval's
+`loglikelihood_rolling` request through the `infini_pythia` model: every token's prediction,
+the whole document through the memory. Each length runs in a fresh process so that its peak
+RSS is its own; its time is the best of REPEATS runs after a warm-up (one run at 1M, which
+takes minutes). Last line:
+    RESULT rss_1m_vs_4k=<x> tps_1m_vs_4k=<y>
 Targets: rss <= 1.2, tps >= 0.9 (memory flat and speed constant as the input grows).
 """
 
 import argparse
 import json
+import random
 import resource
 import subprocess
 import sys
@@ -17,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-LENGTHS = {"4k": 4096, "64k": 65536}
-REPEATS = 3  # each length's time is the best of this many runs
+LENGTHS = {"4k": 4096, "64k": 65536, "1m": 1048576}
+REPEATS = {"4k": 3, "64k": 3, "1m": 1}  # each length's time is the best of this many runs
 
 
 def make_checkpoint(folder: Path, segment_len: int):
@@ -36,29 +39,32 @@ def make_checkpoint(folder: Path, segment_len: int):
     tokenizer.save_pretrained(folder)
 
 
-def worker(checkpoint: str, length: int):
+def worker(checkpoint: str, length: int, repeats: int):
     """Score one document of `length` tokens; print peak RSS and tokens/s as JSON."""
     import torch
     from lm_eval.api.instance import Instance
 
-    from infini_bench.data.embedded import embedded_documents
+    from infini_bench.data.embedded import make_document
     from infini_bench.lm_eval_model import InfiniPythiaLM
 
     lm = InfiniPythiaLM(pretrained=checkpoint, device="cpu")
-    tokens = []
-    for doc in embedded_documents(10_000, seed=1):
-        tokens += lm.tok_encode(" " + doc["text"])
-        if len(tokens) >= length:
-            break
-    text = lm.tok_decode(tokens[:length - 1])  # the EOS prefix makes `length` tokens
+    # The document as text, as lm-eval hands it over: whole embedded documents until it holds
+    # `length` tokens, then cut to `length` - 1 tokens (the EOS prefix makes `length`).
+    rng, parts, count = random.Random(1), [], 0
+    while count < length:
+        parts.append(" " + make_document(rng)[0])
+        count += len(lm.tok_encode(parts[-1]))
+    text = "".join(parts)
+    text = lm.tok_decode(lm.tok_encode(text)[:length - 1])
     n_tokens = len(lm.tok_encode(text)) + 1
 
     def request(s):
         return Instance(request_type="loglikelihood_rolling", doc={}, arguments=(s,), idx=0)
 
-    lm.loglikelihood_rolling([request(lm.tok_decode(tokens[:4096]))], disable_tqdm=True)  # warm-up
+    warm_up = lm.tok_decode(lm.tok_encode(text[:40_000])[:4095])
+    lm.loglikelihood_rolling([request(warm_up)], disable_tqdm=True)
     times = []
-    for _ in range(REPEATS):
+    for _ in range(repeats):
         start = time.perf_counter()
         (logprob,) = lm.loglikelihood_rolling([request(text)], disable_tqdm=True)
         times.append(time.perf_counter() - start)
@@ -71,25 +77,25 @@ def worker(checkpoint: str, length: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segment-len", type=int, default=256)
-    parser.add_argument("--worker", nargs=2, metavar=("CHECKPOINT", "LENGTH"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=3, metavar=("CHECKPOINT", "LENGTH", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]))
+        worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
         return
     stats = {}
     with tempfile.TemporaryDirectory() as folder:
         make_checkpoint(Path(folder), args.segment_len)
         for name, length in LENGTHS.items():
-            out = subprocess.run([sys.executable, __file__, "--worker", folder, str(length)], check=True,
-                                 capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, "--worker", folder, str(length), str(REPEATS[name])],
+                                 check=True, capture_output=True, text=True)
             stats[name] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"pythia-14m dims, single memory, segment {args.segment_len}, CPU, rolling log-likelihood")
     print(f"{'length':<8}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'peak RSS MiB':>14}")
     for name, s in stats.items():
         print(f"{name:<8}{s['tokens']:>8}{s['seconds']:>10.2f}{s['tps']:>10.0f}{s['peak_rss_mib']:>14.0f}")
-    long, short = stats["64k"], stats["4k"]
-    print(f"RESULT rss_64k_vs_4k={long['peak_rss_mib'] / short['peak_rss_mib']:.3f} "
-          f"tps_64k_vs_4k={long['tps'] / short['tps']:.3f}")
+    long, short = stats["1m"], stats["4k"]
+    print(f"RESULT rss_1m_vs_4k={long['peak_rss_mib'] / short['peak_rss_mib']:.3f} "
+          f"tps_1m_vs_4k={long['tps'] / short['tps']:.3f}")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,10 @@ def stream_logprobs(model, tokens, first_target: int, device, autocast_dtype=Non
         first_position = max(first_target - 1, start)
         last_position = min(start + len(piece), len(ids) - 1)
         keep = max(last_position - first_position, 0)
+        if start + len(piece) <= first_target - 1:   # nothing to predict here: only write the memory
+            with _autocast(device, autocast_dtype):
+                state = model.update_memory(piece[None].to(device), state)
+            continue
         with _autocast(device, autocast_dtype):
             out = model(piece[None].to(device), memory_state=state,
                         logits_to_keep=max(start + len(piece) - first_position, 1))
@@ -133,7 +137,7 @@ def greedy_generate(model, tokens, max_new_tokens: int, stop, device, autocast_d
     for start in range(0, done, chunk_tokens(model)):
         piece = torch.tensor([tokens[start:min(start + chunk_tokens(model), done)]], device=device)
         with _autocast(device, autocast_dtype):
-            state = model(piece, memory_state=state, logits_to_keep=1).memory_state
+            state = model.update_memory(piece, state)
     tail, new = list(tokens[done:]), []
     while len(new) < max_new_tokens:
         with _autocast(device, autocast_dtype):
@@ -145,8 +149,7 @@ def greedy_generate(model, tokens, max_new_tokens: int, stop, device, autocast_d
         tail.append(token)
         if len(tail) > segment:
             with _autocast(device, autocast_dtype):
-                state = model(torch.tensor([tail[:segment]], device=device), memory_state=state,
-                              logits_to_keep=1).memory_state
+                state = model.update_memory(torch.tensor([tail[:segment]], device=device), state)
             tail = tail[segment:]
     return new
 
@@ -245,3 +248,52 @@ def reversal_metrics(model, tokenizer, facts, num_distractors: int = 10, batch_s
         metrics[f"{direction}_acc_stderr"] = float(np.std(correct, ddof=1) / math.sqrt(len(correct)))
     metrics["ppl_gap"] = metrics["backward_ppl"] - metrics["forward_ppl"]
     return metrics
+
+
+def context_limit(model) -> int | None:
+    """Longest input a model can read: none for Infini models, max_position_embeddings otherwise."""
+    return None if hasattr(model, "empty_memory") else model.config.max_position_embeddings
+
+
+def passkey_grid(model, tokenizer, lengths, depths, docs_per_depth: int = 1, device="cpu", autocast_dtype=None,
+                 seed: int = 0) -> dict:
+    """Pass-key accuracy for each length x depth, on the documents of the `infini_passkey` tasks
+    and scored as their lm-eval request is (the key's tokens all greedy), with the key's mean
+    log-probability (which shows partial retrieval before accuracy does). Lengths beyond a
+    model's context are not scored: their cells are None and `context_limit` says why."""
+    from .data.passkey import passkey_documents
+
+    device = torch.device(device)
+    limit = context_limit(model)
+    accuracy, logprob = {}, {}
+    for length in lengths:
+        if limit is not None and length > limit:
+            accuracy[str(length)] = logprob[str(length)] = {str(d): None for d in depths}
+            continue
+        rows = passkey_documents(tokenizer, length, depths, docs_per_depth, seed)
+        scored = loglikelihoods(model, tokenizer, [(r["context"], r["target"]) for r in rows], 1, device,
+                                autocast_dtype)
+        cells = {d: [result for result, r in zip(scored, rows) if r["depth"] == d] for d in depths}
+        accuracy[str(length)] = {str(d): float(np.mean([greedy for _, greedy in cells[d]])) for d in depths}
+        logprob[str(length)] = {str(d): float(np.mean([lp for lp, _ in cells[d]])) for d in depths}
+    return {"lengths": list(lengths), "depths": list(depths), "docs_per_cell": docs_per_depth,
+            "context_limit": limit, "accuracy": accuracy, "key_logprob": logprob}
+
+
+@torch.no_grad()
+def long_document_ppl(model, tokens, bins, device="cpu", autocast_dtype=None) -> dict:
+    """PPL of one long document by position bucket (positions as in `lm_metrics`: a loss sits at
+    the token it predicts from). Infini models read the whole document through their memory; a
+    model with a context limit reads its first `context_limit` tokens, and buckets it does not
+    cover completely are None, never PPL over a cut bucket."""
+    device = torch.device(device)
+    limit = context_limit(model)
+    if limit is None:
+        logprobs, _ = stream_logprobs(model, tokens, 1, device, autocast_dtype)
+    else:
+        (logprobs, _), = score_tokens(model, [(list(tokens[:limit]), 1)], 1, device, autocast_dtype)
+    nll = -np.asarray(logprobs)
+    buckets = {}
+    for start, end in bin_edges(bins, len(tokens) - 1):
+        buckets[f"{start}-{end}"] = float(math.exp(nll[start:end].mean())) if end <= len(nll) else None
+    return {"tokens": len(tokens), "context_limit": limit, "position_ppl": buckets}

@@ -57,6 +57,9 @@ def summary_table(results):
 def curves_table(results):
     epochs = sorted({c["epoch"] for r in results for c in r["curve"]})
     table = {"epoch": epochs}
+    lengths = {c["epoch"]: c["sample_len"] for r in results for c in r["curve"] if "sample_len" in c}
+    if lengths:  # a length curriculum: which stage each epoch belongs to
+        table["sample length"] = [lengths.get(e, "—") for e in epochs]
     for r in results:
         by_epoch = {c["epoch"]: c for c in r["curve"]}
         table[f"{r['model']} (train / val)"] = [
@@ -65,8 +68,13 @@ def curves_table(results):
     return pd.DataFrame(table)
 
 
+def _by_start(buckets):
+    """Position-bucket labels "start-end" in numeric order (results files store keys sorted as text)."""
+    return sorted(buckets, key=lambda b: int(b.split("-")[0]))
+
+
 def position_table(results):
-    bins = list(results[0]["validation"]["position_ppl"])
+    bins = _by_start({b for r in results for b in r["validation"]["position_ppl"]})
     table = {"positions": bins}
     for r in results:
         table[r["model"]] = [_fmt(r["validation"]["position_ppl"].get(b)) for b in bins]
@@ -86,6 +94,49 @@ def reversal_table(results):
             "backward acc": f"{rev['backward_acc']:.3f} ± {rev['backward_acc_stderr']:.3f}",
         })
     return pd.DataFrame(rows)
+
+
+def _length_label(n: int) -> str:
+    return f"{n // 1048576}M" if n % 1048576 == 0 else f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def _beyond(limit) -> str:
+    return f"n/a (context {limit:,})"
+
+
+def passkey_summary_table(results, metric="accuracy"):
+    """Mean over depths of pass-key accuracy (or the key's log-probability), per model and length."""
+    rows = []
+    for r in results:
+        grid = r["passkey"]
+        row = {"model": r["model"]}
+        for length in grid["lengths"]:
+            cells = list(grid[metric][str(length)].values())
+            row[_length_label(length)] = (_beyond(grid["context_limit"]) if None in cells
+                                          else f"{sum(cells) / len(cells):.2f}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def passkey_table(result):
+    """One model's accuracy by needle depth (rows) and length (columns)."""
+    grid = result["passkey"]
+    table = {"depth": [f"{d}%" for d in grid["depths"]]}
+    for length in grid["lengths"]:
+        cells = grid["accuracy"][str(length)]
+        table[_length_label(length)] = [_beyond(grid["context_limit"]) if cells[str(d)] is None
+                                        else f"{cells[str(d)]:.2f}" for d in grid["depths"]]
+    return pd.DataFrame(table)
+
+
+def long_ppl_table(results):
+    buckets = _by_start(results[0]["long_ppl"]["position_ppl"])
+    table = {"positions": buckets}
+    for r in results:
+        long = r["long_ppl"]
+        table[r["model"]] = [_beyond(long["context_limit"]) if long["position_ppl"][b] is None
+                             else _fmt(long["position_ppl"][b], 2) for b in buckets]
+    return pd.DataFrame(table)
 
 
 def _markdown(df):
@@ -123,8 +174,8 @@ def plot(results, plot_dir: Path, suite: str) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    bins = list(results[0]["validation"]["position_ppl"])
     for r in results:
+        bins = _by_start(r["validation"]["position_ppl"])
         ax.plot(bins, [r["validation"]["position_ppl"][b] for b in bins], marker="o", label=r["model"])
     ax.set(xlabel="token positions in the sample", ylabel="validation PPL", title=f"{suite}: PPL by position")
     ax.legend(fontsize=8)
@@ -132,6 +183,56 @@ def plot(results, plot_dir: Path, suite: str) -> list[Path]:
     _save_png(fig, paths[-1])
     plt.close(fig)
     return paths
+
+
+def plot_passkey(results, plot_dir: Path, suite: str) -> dict:
+    """A needle-in-a-haystack heatmap per model (depth x length, accuracy); grey = beyond context."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    paths = {}
+    for r in results:
+        grid = r["passkey"]
+        values = np.array([[grid["accuracy"][str(n)][str(d)] if grid["accuracy"][str(n)][str(d)] is not None
+                            else np.nan for n in grid["lengths"]] for d in grid["depths"]], dtype=float)
+        fig, ax = plt.subplots(figsize=(1.1 * len(grid["lengths"]) + 2, 0.55 * len(grid["depths"]) + 1.5))
+        cmap = matplotlib.colormaps["RdYlGn"].copy()
+        cmap.set_bad("lightgrey")
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(grid["lengths"])), [_length_label(n) for n in grid["lengths"]])
+        ax.set_yticks(range(len(grid["depths"])), [f"{d}%" for d in grid["depths"]])
+        limit = f" (context {grid['context_limit']:,})" if grid["context_limit"] else ""
+        ax.set(xlabel="haystack length (tokens)", ylabel="needle depth", title=f"{r['model']}{limit}: pass key")
+        fig.colorbar(image, ax=ax, label="accuracy")
+        paths[r["model"]] = plot_dir / f"{suite}-passkey-{r['slug']}.png"
+        _save_png(fig, paths[r["model"]])
+        plt.close(fig)
+    return paths
+
+
+def plot_long_ppl(results, plot_dir: Path, suite: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results:
+        buckets = r["long_ppl"]["position_ppl"]
+        points = [(int(b.split("-")[1]), buckets[b]) for b in _by_start(buckets) if buckets[b] is not None]
+        ax.plot(*zip(*points), marker="o", label=r["model"])
+    ax.set(xscale="log", xlabel="position in the document (end of bucket, tokens)", ylabel="PPL",
+           title=f"{suite}: PPL by position in one long document")
+    ax.legend(fontsize=8)
+    path = plot_dir / f"{suite}-long-ppl.png"
+    _save_png(fig, path)
+    plt.close(fig)
+    return path
 
 
 def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, description: str = "") -> Path | None:
@@ -149,9 +250,9 @@ def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, descrip
 SEED_METRICS = {  # label: (getter, digits)
     "best val PPL": (lambda r: r["best_val_ppl"], 2),
     "recall-token PPL": (lambda r: r["validation"].get("recall_ppl"), 2),
-    "forward acc": (lambda r: r["reversal"]["forward_acc"], 3),
-    "backward acc": (lambda r: r["reversal"]["backward_acc"], 3),
-    "backward PPL": (lambda r: r["reversal"]["backward_ppl"], 1),
+    "forward acc": (lambda r: r.get("reversal", {}).get("forward_acc"), 3),
+    "backward acc": (lambda r: r.get("reversal", {}).get("backward_acc"), 3),
+    "backward PPL": (lambda r: r.get("reversal", {}).get("backward_ppl"), 1),
 }
 
 
@@ -236,11 +337,38 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, reference=
                   "A difference whose interval contains zero is not significant; with identical "
                   "differences on every seed the interval has no width and nothing can be concluded.", "",
                   _markdown(differences_table(groups, reference)), ""]
-    lines += ["## Reversal curse", "",
-              f"PPL of whole fact sentences (forward = as trained, backward = reversed; the reference's "
-              f"definition) and accuracy of ranking the right answer first among "
-              f"{first['reversal']['distractors']} distractors ({first['reversal']['facts']} facts).", "",
-              _markdown(reversal_table(results)), ""]
+    with_passkey = [r for r in results if "passkey" in r]
+    if with_passkey:
+        heatmaps = plot_passkey(with_passkey, leaderboard_dir / "plots", suite)
+        grid = with_passkey[0]["passkey"]
+        lines += ["## Pass-key retrieval", "",
+                  f"A five-digit key hidden at each depth of a filler haystack; accuracy = the whole key is "
+                  f"the greedy continuation of the question ({grid['docs_per_cell']} document(s) per cell; "
+                  f"the documents of the `infini_passkey` lm-eval tasks). A model with a context limit is "
+                  f"not scored past it (n/a), never on a cut haystack.", "",
+                  "Accuracy, mean over depths:", "", _markdown(passkey_summary_table(with_passkey)), "",
+                  "Log-probability of the whole key (nats), mean over depths: it rises before accuracy does "
+                  "when the memory retrieves part of the key.", "",
+                  _markdown(passkey_summary_table(with_passkey, "key_logprob")), ""]
+        for r in with_passkey:
+            lines += [f"### {r['model']}", "", _markdown(passkey_table(r)), "",
+                      f"![{r['model']} pass key](plots/{heatmaps[r['model']].name})", ""]
+    with_long = [r for r in results if "long_ppl" in r]
+    if with_long:
+        curve = plot_long_ppl(with_long, leaderboard_dir / "plots", suite)
+        lines += ["## Long-document PPL by position", "",
+                  f"One embedded-corpus document of {with_long[0]['long_ppl']['tokens']:,} tokens (its people "
+                  f"are stated at the start and recalled throughout), read whole through the memory; PPL of "
+                  f"the predictions made from each bucket of positions.", "",
+                  _markdown(long_ppl_table(with_long)), "", f"![long-document PPL](plots/{curve.name})", ""]
+    with_reversal = [r for r in results if "reversal" in r]
+    if with_reversal:
+        lines += ["## Reversal curse", "",
+                  f"PPL of whole fact sentences (forward = as trained, backward = reversed; the reference's "
+                  f"definition) and accuracy of ranking the right answer first among "
+                  f"{with_reversal[0]['reversal']['distractors']} distractors "
+                  f"({with_reversal[0]['reversal']['facts']} facts).", "",
+                  _markdown(reversal_table(with_reversal)), ""]
     path = leaderboard_dir / f"{suite}.md"
     atomic_write_text(path, "\n".join(lines))
     return path

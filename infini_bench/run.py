@@ -67,23 +67,27 @@ def model_vocab_size(tokenizer) -> int:
     return -(-len(tokenizer) // 128) * 128
 
 
-def run_model(config, spec, data, device, env, base_seed: int | None = None) -> dict:
+def run_model(config, spec, data, device, env, base_seed: int | None = None, stages=()) -> dict:
     """Train and evaluate one model with `config.training.seed`; its run directory is named
-    after the model, with `-seed<s>` added for seeds other than the suite's own."""
+    after the model, with `-seed<s>` added for seeds other than the suite's own. `stages` are
+    the curriculum's DataBundles, if the suite has one."""
     import torch
     from transformers import set_seed
 
-    from .evaluation import lm_metrics, reversal_metrics, sample_token_nll
+    from .data import long_document
+    from .evaluation import context_limit, lm_metrics, long_document_ppl, passkey_grid, reversal_metrics, \
+        sample_token_nll
     from .io import atomic_write_json
     from .models import build_model
-    from .training import autocast_dtype, train
+    from .training import autocast_dtype, train, train_curriculum, windowed
 
     seed = config.training.seed
     run_dir = config.runs_dir / (spec.slug if seed == (base_seed or seed) else f"{spec.slug}-seed{seed}")
     run_dir.mkdir(parents=True, exist_ok=True)
     model_config = config.model_config(spec, vocab_size=model_vocab_size(data.tokenizer))
     run = {k: v for k, v in config.to_dict().items() if k != "num_seeds"}
-    resolved = {"run": run, "model_name": spec.name, "model": model_config.to_dict(), "data": data.info}
+    resolved = {"run": run, "model_name": spec.name, "model": model_config.to_dict(), "data": data.info,
+                "stages": [stage.info for stage in stages]}
     fingerprint = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
     finished = _read_json(run_dir / "results.json")
     if finished and finished.get("fingerprint") == fingerprint:
@@ -98,15 +102,36 @@ def run_model(config, spec, data, device, env, base_seed: int | None = None) -> 
     set_seed(config.training.seed)
     model = build_model(model_config)
     parameters = sum(p.numel() for p in model.parameters())
-    model, train_time = train(model, data, run_dir, config.training, config.evaluation, device, resume=resume)
+    limit = context_limit(model)
+    if limit is not None:  # a model with a context limit trains and validates on windows of it
+        data, stages = windowed(data, limit), [windowed(stage, limit) for stage in stages]
+    if stages:
+        model, train_time = train_curriculum(model, stages, run_dir, config.training, config.evaluation, device,
+                                             resume=resume)
+    else:
+        model, train_time = train(model, data, run_dir, config.training, config.evaluation, device, resume=resume)
 
     precision = autocast_dtype(device)
     model.to(device)
-    nll = sample_token_nll(model, data.validation["input_ids"], config.evaluation.batch_size, device, precision)
-    validation = lm_metrics(nll, data.validation["recall"], config.evaluation.position_bins, config.data.sample_len)
+    e = config.evaluation
+    nll = sample_token_nll(model, data.validation["input_ids"], e.batch_size, device, precision)
+    validation = lm_metrics(nll, data.validation["recall"], e.position_bins, len(data.validation[0]["input_ids"]))
     validation["ppl_bootstrap_ci95"] = bootstrap_ppl_ci(nll)
-    reversal = reversal_metrics(model, data.tokenizer, data.facts, config.evaluation.num_distractors,
-                                config.evaluation.batch_size, device, precision, seed=config.data.seed)
+    extra = {}
+    if e.reversal:
+        extra["reversal"] = reversal_metrics(model, data.tokenizer, data.facts, e.num_distractors, e.batch_size,
+                                             device, precision, seed=config.data.seed)
+    if e.passkey_lengths:
+        start = time.perf_counter()
+        # The documents of the infini_passkey tasks (their seed, 0), the same for every run.
+        extra["passkey"] = passkey_grid(model, data.tokenizer, e.passkey_lengths, e.passkey_depths, e.passkey_docs,
+                                        device, precision)
+        print(f"{spec.name}: pass-key grid in {time.perf_counter() - start:.0f}s", flush=True)
+    if e.long_ppl_length:
+        start = time.perf_counter()
+        document = long_document(data.tokenizer, e.long_ppl_length, config.data.seed)
+        extra["long_ppl"] = long_document_ppl(model, document, e.long_ppl_bins, device, precision)
+        print(f"{spec.name}: long-document PPL in {time.perf_counter() - start:.0f}s", flush=True)
     curve = [_epoch_record(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     best = min(curve, key=lambda c: c["val_ppl"])
     memory = model.memory_info() if hasattr(model, "memory_info") else None
@@ -117,7 +142,7 @@ def run_model(config, spec, data, device, env, base_seed: int | None = None) -> 
         "preset": config.preset, "device": str(device), "seed": config.training.seed,
         "parameters": parameters, "memory_bytes": memory["total_bytes"] if memory else 0,
         "best_epoch": best["epoch"], "epochs_trained": len(curve), "best_val_ppl": validation["ppl"],
-        "validation": validation, "reversal": reversal, "curve": curve, "train_time_s": train_time,
+        "validation": validation, **extra, "curve": curve, "train_time_s": train_time,
         "data": data.info, "git_commit": env["git_commit"], "fingerprint": fingerprint,
     }
     atomic_write_json(run_dir / "results.json", results)
@@ -146,11 +171,12 @@ def _read_json(path: Path):
 
 def _epoch_record(line: str) -> dict:
     m = json.loads(line)
-    return {"epoch": m["epoch"], "train_ppl": m.get("train_ppl"), "val_ppl": m["eval_ppl"],
-            "recall_ppl": m.get("eval_recall_ppl")}
+    record = {"epoch": m["epoch"], "train_ppl": m.get("train_ppl"), "val_ppl": m["eval_ppl"],
+              "recall_ppl": m.get("eval_recall_ppl")}
+    return {**record, "sample_len": m["sample_len"]} if "sample_len" in m else record
 
 
-def run_suite(config, device, data) -> Path | None:
+def run_suite(config, device, data, stages=()) -> Path | None:
     from .leaderboard import write_leaderboard
 
     env = environment()
@@ -164,7 +190,7 @@ def run_suite(config, device, data) -> Path | None:
         for spec in config.models:
             start = time.perf_counter()
             print(f"== {spec.name}, seed {seed} ==", flush=True)
-            results = run_model(seeded, spec, data, device, env, base_seed=config.training.seed)
+            results = run_model(seeded, spec, data, device, env, base_seed=config.training.seed, stages=stages)
             print(f"{spec.name}: best val PPL {results['best_val_ppl']:.2f} at epoch {results['best_epoch']}, "
                   f"recall PPL {results['validation'].get('recall_ppl') or float('nan'):.2f}, "
                   f"{time.perf_counter() - start:.0f}s", flush=True)
@@ -208,13 +234,17 @@ def main(argv=None) -> int:
 
     try:
         data = prepare_data(config.data, default_cache_dir())
+        stages = [prepare_data(dataclasses.replace(config.data, sample_len=stage["sample_len"],
+                                                   num_samples=stage["num_samples"]),
+                               default_cache_dir(), tokenizer=data.tokenizer)
+                  for stage in config.training.curriculum]
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from .training import NonFiniteLoss
 
     try:
-        leaderboard = run_suite(config, device, data)
+        leaderboard = run_suite(config, device, data, stages)
     except NonFiniteLoss as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -146,6 +146,24 @@ def _validate(config: RunConfig):
     if not all(isinstance(b, int) and b >= 0 for b in e.position_bins) or 0 not in e.position_bins:
         raise ValueError(f"evaluation.position_bins: expected non-negative integers starting at 0, got "
                          f"{list(e.position_bins)}")
+    if not 0 <= d.passkey_fraction < 1:
+        raise ValueError(f"data.passkey_fraction: expected a number in [0, 1), got {d.passkey_fraction}")
+    _validate_curriculum(t.curriculum)
+    for where, values in [("evaluation.passkey_lengths", e.passkey_lengths),
+                          ("evaluation.passkey_depths", e.passkey_depths)]:
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            raise ValueError(f"{where}: expected a list of non-negative integers, got {list(values)}")
+    if any(v < 64 for v in e.passkey_lengths):
+        raise ValueError(f"evaluation.passkey_lengths: expected lengths of at least 64 tokens, got "
+                         f"{list(e.passkey_lengths)}")
+    if any(v > 100 for v in e.passkey_depths):
+        raise ValueError(f"evaluation.passkey_depths: expected percentages 0..100, got {list(e.passkey_depths)}")
+    if e.passkey_docs < 1 or e.long_ppl_length < 0:
+        raise ValueError("evaluation.passkey_docs / long_ppl_length: expected a positive integer / 0 or more")
+    if e.long_ppl_length and (not all(isinstance(b, int) and b >= 0 for b in e.long_ppl_bins)
+                              or 0 not in e.long_ppl_bins):
+        raise ValueError(f"evaluation.long_ppl_bins: expected non-negative integers starting at 0, got "
+                         f"{list(e.long_ppl_bins)}")
     from .data.sources import parse_source
 
     parse_source(d.source)
@@ -154,13 +172,29 @@ def _validate(config: RunConfig):
     slugs = set()
     for spec in config.models:
         model = config.model_config(spec)
-        if model.memory_type != "none" and model.segment_len > d.sample_len:
-            raise ValueError(f"segment_len: {model.segment_len} (model {spec.name!r}) is larger than the sample "
-                             f"(data.sample_len = {d.sample_len}); accepted: 1..{d.sample_len}")
+        shortest = min([d.sample_len] + [stage["sample_len"] for stage in t.curriculum])
+        if model.memory_type != "none" and model.segment_len > shortest:
+            raise ValueError(f"segment_len: {model.segment_len} (model {spec.name!r}) is larger than the shortest "
+                             f"sample ({shortest} tokens); accepted: 1..{shortest}")
         if spec.slug in slugs:
             raise ValueError(f"models: two models named {spec.name!r}")
         slugs.add(spec.slug)
     _check_writable(Path(config.output_dir))
+
+
+STAGE_KEYS = ("sample_len", "num_samples", "max_epochs")
+
+
+def _validate_curriculum(stages):
+    for i, stage in enumerate(stages):
+        where = f"training.curriculum[{i}]"
+        if not isinstance(stage, dict) or set(stage) != set(STAGE_KEYS):
+            raise ValueError(f"{where}: expected a mapping with exactly the keys {', '.join(STAGE_KEYS)}, got "
+                             f"{stage!r}")
+        for key in STAGE_KEYS:
+            value = stage[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < (2 if key == "sample_len" else 1):
+                raise ValueError(f"{where}.{key}: expected a positive integer, got {value!r}")
 
 
 def _check_writable(path: Path):

@@ -5,6 +5,7 @@ up to 30 epochs, evaluation each epoch, early stopping with patience 1 on valida
 checkpoint kept. Stream-scope memory is reset at each epoch start and before each evaluation.
 """
 
+import dataclasses
 import json
 import math
 import shutil
@@ -17,7 +18,7 @@ from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, Traini
 from transformers.integrations import TensorBoardCallback
 
 from .evaluation import REFERENCE_BINS, lm_metrics, reset_memory, sample_token_nll
-from .io import append_jsonl, atomic_write_text
+from .io import append_jsonl, atomic_write_json, atomic_write_text
 
 
 @dataclass
@@ -31,6 +32,9 @@ class TrainConfig:
     seed: int = 42
     logging_steps: int = 50
     deepspeed: str | None = None
+    # Length curriculum: stages {sample_len, num_samples, max_epochs} trained in order (short
+    # first), each from the model the previous one left; empty: one stage on the data section.
+    curriculum: tuple = ()
 
 
 @dataclass
@@ -38,6 +42,12 @@ class EvalConfig:
     batch_size: int = 16
     position_bins: tuple = REFERENCE_BINS
     num_distractors: int = 10
+    reversal: bool = True                      # reversal-curse metrics
+    passkey_lengths: tuple = ()                # pass-key grid: lengths x depths, docs per cell
+    passkey_depths: tuple = (0, 25, 50, 75, 100)
+    passkey_docs: int = 1
+    long_ppl_length: int = 0                   # one document of this many tokens, PPL by position bucket
+    long_ppl_bins: tuple = ()
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -198,3 +208,52 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
     data.tokenizer.save_pretrained(run_dir)
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
     return model, elapsed
+
+
+def windowed(data, width: int):
+    """`data` with every sample longer than `width` cut into windows of `width` tokens (the rest
+    dropped): how a model with a context limit (the Pythia baseline) trains on long samples."""
+    if len(data.train[0]["input_ids"]) <= width:
+        return data
+
+    def cut(batch):
+        out = {"input_ids": [], "recall": []}
+        for ids, recall in zip(batch["input_ids"], batch["recall"]):
+            for start in range(0, len(ids) - width + 1, width):
+                out["input_ids"].append(ids[start:start + width])
+                out["recall"].append(recall[start:start + width])
+        return out
+
+    return dataclasses.replace(data, train=data.train.map(cut, batched=True, remove_columns=data.train.column_names),
+                               validation=data.validation.map(cut, batched=True,
+                                                              remove_columns=data.validation.column_names))
+
+
+def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_config: EvalConfig,
+                     device: torch.device, resume: bool = False):
+    """Train through `config.curriculum` in order (stages: a DataBundle per stage), each stage in
+    run_dir/stages/<i>-<sample_len> with `train` and starting from the model the previous stage
+    kept. With `resume`, finished stages (model saved, trainer folder gone) are loaded, not
+    retrained. run_dir/metrics.jsonl gets every stage's epochs, numbered on across stages.
+    Returns the last stage's model and the training time of all stages."""
+    if not resume:
+        shutil.rmtree(run_dir / "stages", ignore_errors=True)
+    records, total_time = [], 0.0
+    for i, (stage, data) in enumerate(zip(config.curriculum, stages), 1):
+        stage_dir = run_dir / "stages" / f"{i}-{stage['sample_len']}"
+        done = stage_dir / "stage.json"
+        if done.exists():
+            model = type(model).from_pretrained(stage_dir).to(device)
+        else:
+            stage_config = dataclasses.replace(config, max_epochs=stage["max_epochs"], curriculum=())
+            model, elapsed = train(model, data, stage_dir, stage_config, eval_config, device, resume=resume)
+            atomic_write_json(done, {"train_time_s": elapsed, **stage})
+        total_time += json.loads(done.read_text())["train_time_s"]
+        offset = records[-1]["epoch"] if records else 0
+        for line in (stage_dir / "metrics.jsonl").read_text().splitlines():
+            m = json.loads(line)
+            records.append({**m, "epoch": m["epoch"] + offset, "stage": i, "sample_len": stage["sample_len"]})
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    model.save_pretrained(run_dir)
+    stages[-1].tokenizer.save_pretrained(run_dir)
+    return model, total_time

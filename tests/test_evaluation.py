@@ -107,20 +107,47 @@ def test_reversal_metric_shows_the_reversal_curse():
     assert m["forward_ppl"] < 2.0 < m["backward_ppl"]
 
 
-@pytest.mark.parametrize("memory_type", ["multi", "hierarchical"])
-def test_streamed_scoring_equals_one_call(memory_type):
+@pytest.mark.parametrize("memory_type,first", [("multi", 700), ("hierarchical", 700), ("single", 2100)])
+def test_streamed_scoring_equals_one_call(memory_type, first):
+    """Chunks before the first target only write the memory (update_memory); the scores are
+    those of one call on the whole input."""
     from infini_bench.evaluation import chunk_tokens, stream_logprobs
 
     model = tiny(memory_type, segment_len=64)
     assert chunk_tokens(model) == 1024
     tokens = torch.randint(0, VOCAB, (2600,), generator=torch.Generator().manual_seed(3)).tolist()
-    lp, greedy = stream_logprobs(model, tokens, 700, torch.device("cpu"))
+    lp, greedy = stream_logprobs(model, tokens, first, torch.device("cpu"))
     with torch.no_grad():
         logits = torch.log_softmax(model(torch.tensor([tokens])).logits[0], -1)
-    expected = logits[699:-1].gather(-1, torch.tensor(tokens[700:])[:, None])[:, 0]
-    assert lp.shape == (1900,)
+    expected = logits[first - 1:-1].gather(-1, torch.tensor(tokens[first:])[:, None])[:, 0]
+    assert lp.shape == (2600 - first,)
     assert np.allclose(lp, expected.double().numpy(), atol=1e-4)
-    assert (greedy == (logits[699:-1].argmax(-1) == torch.tensor(tokens[700:])).numpy()).all()
+    assert (greedy == (logits[first - 1:-1].argmax(-1) == torch.tensor(tokens[first:])).numpy()).all()
+
+
+def test_long_document_ppl_by_bucket_and_context_limit():
+    """Infini: every bucket from one whole-document pass. A model with a context limit: the
+    buckets inside it as a plain forward pass gives them, the others None (not a cut bucket)."""
+    from infini_bench.evaluation import long_document_ppl
+
+    tokens = torch.randint(0, VOCAB, (2500,), generator=torch.Generator().manual_seed(5)).tolist()
+    bins = (0, 100, 1000, 2000)
+    for memory_type in ("single", "none"):
+        model = tiny(memory_type, segment_len=64)
+        if memory_type == "none":
+            model.config.max_position_embeddings = 1500
+        out = long_document_ppl(model, tokens, bins)
+        seen = 2500 if memory_type == "single" else 1500
+        with torch.no_grad():
+            logits = torch.log_softmax(model(torch.tensor([tokens[:seen]])).logits[0, :-1].double(), -1)
+        nll = -logits.gather(-1, torch.tensor(tokens[1:seen])[:, None])[:, 0]
+        assert list(out["position_ppl"]) == ["0-100", "100-1000", "1000-2000", "2000-2499"]
+        for bucket, value in out["position_ppl"].items():
+            start, end = map(int, bucket.split("-"))
+            if end > seen - 1:
+                assert value is None and out["context_limit"] == 1500
+            else:
+                assert value == pytest.approx(math.exp(nll[start:end].mean()), rel=1e-4)
 
 
 @pytest.mark.parametrize("memory_type", ["single", "none"])

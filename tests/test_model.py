@@ -84,6 +84,45 @@ def test_gradient_reaches_key_projection_through_memory():
     assert memory_path > 1e-3
 
 
+def test_bptt_segments_truncates_gradient_through_memory_only():
+    """With bptt_segments=k, the loss of the last segment reaches inputs of the k segments
+    before it through the memory, and nothing earlier; the forward pass is unchanged."""
+    x = tokens(length=32)
+    grads, logits = {}, {}
+    for k in (0, 2):
+        model = tiny("single", bptt_segments=k, infini_layers=[0]).train()
+        model.config.hidden_dropout = 0.0
+        embeds = model.gpt_neox.embed_in(x).detach().requires_grad_(True)
+        out = model(inputs_embeds=embeds)
+        out.logits[:, -8:].sum().backward()
+        grads[k], logits[k] = embeds.grad.abs().amax((0, 2)), out.logits.detach()
+    assert torch.equal(logits[0], logits[2])
+    assert (grads[0][:16] > 0).all() and (grads[0][16:] > 0).all()
+    assert (grads[2][:16] == 0).all() and (grads[2][16:] > 0).all()
+
+
+@pytest.mark.parametrize("memory_type,num_memories,layers", [
+    ("single", 1, [0]), ("multi", 4, [1]), ("hierarchical", 4, [0, 3])])
+def test_update_memory_equals_the_full_forward_memory(memory_type, num_memories, layers):
+    """update_memory runs only up to the last Infini layer, which only writes: the memory it
+    leaves is the one the full forward pass leaves, from an empty or a carried memory, with or
+    without padding."""
+    model = tiny(memory_type, num_memories, infini_layers=layers)
+    x, mask = tokens(length=27), torch.ones(2, 27, dtype=torch.long)
+    mask[1, 20:] = 0
+    with torch.no_grad():
+        carried = model(tokens(length=16, seed=5)).memory_state
+        for state in (model.empty_memory(2), carried):
+            for attention_mask in (None, mask):
+                full = model(x, attention_mask=attention_mask, memory_state=state).memory_state
+                fast = model.update_memory(x, state, attention_mask=attention_mask)
+                assert len(fast) == len(layers)
+                for a, b in zip(full, fast):
+                    assert a.writes == b.writes
+                    torch.testing.assert_close(a.memory, b.memory, rtol=1e-5, atol=1e-6)
+                    torch.testing.assert_close(a.norm, b.norm, rtol=1e-5, atol=1e-6)
+
+
 def test_stream_scope_carries_detached_memory_between_calls():
     model = tiny("multi", 2, memory_scope="stream", segment_len=16)
     x, y = tokens(length=16, seed=1), tokens(length=16, seed=2)
@@ -220,6 +259,8 @@ def test_infini_layers_all():
     (dict(use_delta_rule="yes"), "use_delta_rule"),
     (dict(stream_update="reference"), "stream_update"),
     (dict(hidden_size=130), "hidden_size"),
+    (dict(bptt_segments=-1), "bptt_segments"),
+    (dict(bptt_segments=1.5), "bptt_segments"),
 ])
 def test_config_rejects_bad_values(overrides, field):
     with pytest.raises(ValueError, match=f"^{field}:"):

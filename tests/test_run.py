@@ -131,6 +131,18 @@ BAD_INPUTS = [
     (lambda t: ["--suite", write_suite(t, **{"data.val_fraction": 1.5})], "data.val_fraction"),
     (lambda t: ["--suite", write_suite(t, **{"evaluation.position_bins": [16, 32]})], "evaluation.position_bins"),
     (lambda t: ["--suite", write_suite(t, unknown_section={})], "suite.unknown_section: unknown key"),
+    (lambda t: ["--suite", write_suite(t, **{"data.passkey_fraction": 1.5})], "data.passkey_fraction: expected"),
+    (lambda t: ["--suite", write_suite(t, **{"training.curriculum": [{"sample_len": 64}]})],
+     "training.curriculum[0]: expected a mapping with exactly the keys sample_len, num_samples, max_epochs"),
+    (lambda t: ["--suite", write_suite(t, **{"training.curriculum": [
+        {"sample_len": 64, "num_samples": 0, "max_epochs": 1}]})], "training.curriculum[0].num_samples"),
+    (lambda t: ["--suite", write_suite(t, **{"training.curriculum": [
+        {"sample_len": 32, "num_samples": 8, "max_epochs": 1}]})], "segment_len: 64"),
+    (lambda t: ["--suite", write_suite(t, **{"evaluation.passkey_lengths": [16]})], "evaluation.passkey_lengths"),
+    (lambda t: ["--suite", write_suite(t, **{"evaluation.passkey_depths": [150]})], "evaluation.passkey_depths"),
+    (lambda t: ["--suite", write_suite(t, **{"evaluation.long_ppl_length": 4096, "evaluation.long_ppl_bins": [9]})],
+     "evaluation.long_ppl_bins"),
+    (lambda t: ["--suite", write_suite(t, models=[{"name": "x", "bptt_segments": -2}])], "bptt_segments: expected"),
     (lambda t: ["--suite", broken_checkpoint(t, truncate=True)], "checkpoint: "),
     (lambda t: ["--suite", broken_checkpoint(t, truncate=False)], "is truncated or corrupted"),
 ]

@@ -1,8 +1,9 @@
 """Data for a run: source -> tokenizer -> fixed-length samples (cached as Arrow) -> train / validation.
 
 Samples carry `input_ids` and `recall` (1 where the token is a recall mention of the embedded
-corpus; all 0 for other sources). The training split also gets the reversal facts' forward
-sentences, repeated and packed into samples.
+corpus, or the answer of a pass-key document; all 0 for other sources). A `passkey_fraction`
+of the samples are pass-key documents (data/passkey.py) of the same length. The training split
+also gets the reversal facts' forward sentences, repeated and packed into samples.
 """
 
 import hashlib
@@ -13,12 +14,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io import atomic_dir
-from .embedded import embedded_documents
+from .embedded import embedded_documents, make_document
+from .passkey import NEEDLE, QUESTION, FillerPool, passkey_sample
 from .reversal import Fact, reversal_facts
 from .sources import parse_source, stream_texts
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -36,6 +38,7 @@ class DataConfig:
     vocab_size: int = 4096         # of a trained BPE tokenizer
     reversal_facts: int = 240      # invented facts (real ones are added)
     reversal_repeats: int = 10
+    passkey_fraction: float = 0.0  # of the samples, pass-key documents (needle at a random depth)
     seed: int = 42
 
 
@@ -48,9 +51,20 @@ class DataBundle:
     info: dict = field(default_factory=dict)
 
 
+def _num_passkey(config: DataConfig) -> int:
+    return round(config.num_samples * config.passkey_fraction)
+
+
 def _embedded_texts(config: DataConfig):
     # One document per sample; each word is at least one token, so sample_len words always suffice.
-    return embedded_documents(config.num_samples, config.seed, min_words=config.sample_len)
+    return embedded_documents(config.num_samples - _num_passkey(config), config.seed, min_words=config.sample_len)
+
+
+def _passkey_samples(config: DataConfig, tokenizer):
+    pool = FillerPool.build(tokenizer, seed=config.seed)
+    rng = random.Random(f"passkey-train-{config.seed}")
+    ids, recall = zip(*(passkey_sample(tokenizer, pool, config.sample_len, rng) for _ in range(_num_passkey(config))))
+    return {"input_ids": list(ids), "recall": list(recall)}
 
 
 def _flag_recall(batch, tokenizer, sample_len):
@@ -86,7 +100,8 @@ def _cache_key(config: DataConfig, kind, path, tokenizer) -> str:
                 files.append([str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns])
     key = dict(version=CACHE_VERSION, kind=kind, files=files, tokenizer=tokenizer_fingerprint(tokenizer),
                num_samples=config.num_samples, sample_len=config.sample_len,
-               seed=config.seed if kind == "embedded" else None)
+               passkey_fraction=config.passkey_fraction,
+               seed=config.seed if kind == "embedded" or config.passkey_fraction else None)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -111,6 +126,9 @@ def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBun
                 if budget <= 0:
                     break
     if tokenizer is None:
+        if config.passkey_fraction:  # the needle's and question's words in the tokenizer's vocabulary
+            rng = random.Random(config.seed)
+            tokenizer_texts += [NEEDLE.format(key=rng.randrange(10000, 100000)) + QUESTION for _ in range(100)]
         tokenizer, tokenizer_name = load_tokenizer(config.tokenizer, tokenizer_texts + [f.forward for f in facts],
                                                    config.vocab_size, cache_dir / "tokenizers")
     sample_dir = cache_dir / "samples" / _cache_key(config, kind, path, tokenizer)
@@ -122,8 +140,10 @@ def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBun
         else:
             eos = [tokenizer.eos_token_id]
             stream = (tokenizer(t, add_special_tokens=False)["input_ids"] + eos for t in stream_texts(kind, path))
-            ids = _packed(stream, config.sample_len, config.num_samples)
+            ids = _packed(stream, config.sample_len, config.num_samples - _num_passkey(config))
             samples = Dataset.from_dict({"input_ids": ids, "recall": [[0] * config.sample_len for _ in ids]})
+        if config.passkey_fraction:
+            samples = concatenate_datasets([samples, Dataset.from_dict(_passkey_samples(config, tokenizer))])
         short = [len(x) for x in samples["input_ids"] if len(x) < config.sample_len]
         if len(samples) < config.num_samples or short:
             raise ValueError(f"data: {config.source} gives only {len(samples)} full samples of {config.sample_len} "
@@ -143,6 +163,7 @@ def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBun
             {"input_ids": reversal, "recall": [[0] * config.sample_len for _ in reversal]})])
     info = dict(source=config.source, kind=kind, tokenizer=tokenizer_name, vocab_size=len(tokenizer),
                 train_samples=len(train), validation_samples=len(validation), reversal_samples=len(reversal),
+                passkey_samples=_num_passkey(config),
                 sample_len=config.sample_len, cache=str(sample_dir), config=asdict(config))
     return DataBundle(train, validation, tokenizer, facts, info)
 
@@ -161,3 +182,10 @@ def reversal_samples(facts, tokenizer, config: DataConfig) -> list[list[int]]:
     count = -(-len(stream) // config.sample_len)
     stream = (stream * 2)[:count * config.sample_len]
     return [stream[i:i + config.sample_len] for i in range(0, len(stream), config.sample_len)]
+
+
+def long_document(tokenizer, length: int, seed: int) -> list[int]:
+    """One embedded-corpus document of `length` tokens: its people are stated at the start and
+    recalled throughout, so that reading it well needs memory at every length."""
+    text, _ = make_document(random.Random(f"long-{seed}"), min_words=length)
+    return tokenizer(text, add_special_tokens=False)["input_ids"][:length]

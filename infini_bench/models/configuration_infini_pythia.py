@@ -45,6 +45,8 @@ class InfiniPythiaConfig(GPTNeoXConfig):
     memory_scope: "sequence" (paper): one memory per batch row, gradients flow through it
         within the call. "stream" (the reference experiment): one memory shared by the batch,
         carried from one forward call to the next, detached; `model.reset_memory()` clears it.
+    bptt_segments: in sequence scope, gradients flow back through the memory across at most
+        this many segments (truncated back-propagation; 0: across all segments of a call).
     stream_update: how a batch writes the shared stream memory. "mean" averages the batch
         rows' updates of M and z alike; "reference" reproduces the original code's quirk of
         dividing M's update by batch * segment length but z's by batch only.
@@ -59,6 +61,7 @@ class InfiniPythiaConfig(GPTNeoXConfig):
     segment_len: int = 256
     memory_scope: str = "sequence"
     stream_update: str = "mean"
+    bptt_segments: int = 0
     use_cache: bool = False
 
     def __post_init__(self, **kwargs):
@@ -74,6 +77,9 @@ class InfiniPythiaConfig(GPTNeoXConfig):
             _positive_int(name, getattr(self, name))
         _positive_int("num_memories", self.num_memories)
         _positive_int("segment_len", self.segment_len)
+        if isinstance(self.bptt_segments, bool) or not isinstance(self.bptt_segments, int) or self.bptt_segments < 0:
+            raise ValueError(f"bptt_segments: expected 0 (no truncation) or a positive integer, "
+                             f"got {self.bptt_segments!r}")
         if not isinstance(self.use_delta_rule, bool):
             raise ValueError(f"use_delta_rule: expected true or false, got {self.use_delta_rule!r}")
         if self.hidden_size % self.num_attention_heads:
@@ -123,7 +129,7 @@ class InfiniPythiaConfig(GPTNeoXConfig):
     def to_gpt_neox_config(self) -> GPTNeoXConfig:
         """The plain GPT-NeoX config with the same dims (for the Pythia baseline)."""
         own = {"memory_type", "num_memories", "use_delta_rule", "infini_layers", "segment_len",
-               "memory_scope", "stream_update", "model_type", "architectures", "transformers_version"}
+               "memory_scope", "stream_update", "bptt_segments", "model_type", "architectures", "transformers_version"}
         values = {k: v for k, v in self.to_dict().items() if k not in own}
         values["use_cache"] = True
         return GPTNeoXConfig(**values)

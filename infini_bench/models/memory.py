@@ -128,12 +128,14 @@ def write_memory(sk: Tensor, v: Tensor, state: MemoryState, *, delta_rule: bool,
 def infini_attention(q: Tensor, k: Tensor, v: Tensor, state: MemoryState, gate: Tensor, *,
                      delta_rule: bool, stream_update: str = "mean",
                      expansion_gate: Callable[[Tensor], Tensor] | None = None,
-                     valid: Tensor | None = None) -> tuple[Tensor, MemoryState]:
+                     valid: Tensor | None = None, bptt_segments: int = 0) -> tuple[Tensor, MemoryState]:
     """Infini-attention over T consecutive segments.
 
     q, k, v: [B, H, T, S, d]; gate: [H]; valid: [B, T, S] (1 for real tokens) or None.
     `state` has batch size B (a memory per row) or 1 (one memory shared by the batch).
     Each segment reads the memory as left by the segments before it, then writes itself.
+    bptt_segments > 0 detaches the memory after every that many segments (truncated
+    back-propagation through the memory); the forward values are unchanged.
     Returns the attention output [B, H, T, S, d] and the memory after the last segment.
     """
     sq, sk = sigma(q), sigma(k)
@@ -145,5 +147,20 @@ def infini_attention(q: Tensor, k: Tensor, v: Tensor, state: MemoryState, gate: 
         reads.append(read_memory(sq[:, :, t], state, expansion_gate, mask_t))
         state = write_memory(sk[:, :, t], v[:, :, t], state, delta_rule=delta_rule, stream_update=stream_update,
                              key_mask=mask_t)
+        if bptt_segments and (t + 1) % bptt_segments == 0:
+            state = state.detach()
     g = torch.sigmoid(gate).view(1, -1, 1, 1, 1)
     return g * torch.stack(reads, 2) + (1 - g) * local, state
+
+
+def write_segments(k: Tensor, v: Tensor, state: MemoryState, *, delta_rule: bool, stream_update: str = "mean",
+                   valid: Tensor | None = None) -> MemoryState:
+    """The memory after writing T segments, without reading it: what `infini_attention` returns
+    as its state, for inputs whose outputs are not needed (the haystack of a long document).
+    k, v: [B, H, T, S, d]; valid: [B, T, S] or None."""
+    sk = sigma(k)
+    mask = None if valid is None else valid.unsqueeze(1).to(k.dtype)
+    for t in range(k.shape[2]):
+        state = write_memory(sk[:, :, t], v[:, :, t], state, delta_rule=delta_rule, stream_update=stream_update,
+                             key_mask=None if mask is None else mask[:, :, t])
+    return state

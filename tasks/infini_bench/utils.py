@@ -7,12 +7,11 @@ tokenizer give the same validation samples and reversal facts that the leaderboa
 
 import json
 import math
-import random
 from functools import cache
 from pathlib import Path
 
 from infini_bench.data import DataConfig, default_cache_dir, prepare_data
-from infini_bench.data.embedded import filler_sentence
+from infini_bench.data.passkey import passkey_documents
 from infini_bench.data.reversal import distractors, reversal_facts
 from infini_bench.evaluation import REFERENCE_BINS, bin_edges
 
@@ -128,23 +127,7 @@ def passkey_dataset(length, pretrained=None, depths=PASSKEY_DEPTHS, docs_per_dep
     """Haystacks of `length` tokens (by the model's tokenizer) with a five-digit pass key hidden
     at each depth; the request asks for the key after the haystack."""
     _, tokenizer = _run(pretrained)
-    rows = []
-    for depth in depths:
-        for k in range(docs_per_depth):
-            rng = random.Random(f"{seed}-{length}-{depth}-{k}")
-            key = str(rng.randrange(10000, 100000))
-            needle = f" The pass key is {key}. Remember it. {key} is the pass key."
-            question = " What is the pass key? The pass key is"
-            budget = length - len(tokenizer(needle + question)["input_ids"])
-            filler, used = [], 0
-            while used < budget:
-                sentence = " " + filler_sentence(rng)
-                filler.append(sentence)
-                used += len(tokenizer(sentence)["input_ids"])
-            cut = round(len(filler) * depth / 100)
-            context = ("".join(filler[:cut]) + needle + "".join(filler[cut:]) + question).lstrip()
-            rows.append({"context": context, "target": f" {key}", "depth": depth, "length": length})
-    return _dataset(rows)
+    return _dataset(passkey_documents(tokenizer, length, depths, docs_per_depth, seed))
 
 
 def passkey_1k(**kwargs):
@@ -163,11 +146,20 @@ def passkey_64k(**kwargs):
     return passkey_dataset(65536, **kwargs)
 
 
+def passkey_256k(**kwargs):
+    return passkey_dataset(262144, **kwargs)
+
+
+def passkey_1m(**kwargs):
+    return passkey_dataset(1048576, **kwargs)
+
+
 def passkey_results(doc, results):
-    (_, greedy), = results
+    (loglikelihood, greedy), = results
     metrics = {f"acc_depth_{d}": None for d in PASSKEY_DEPTHS}
     metrics[f"acc_depth_{doc['depth']}"] = float(greedy)
     metrics["acc"] = float(greedy)
+    metrics["key_logprob"] = loglikelihood
     return metrics
 
 

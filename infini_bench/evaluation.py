@@ -200,10 +200,11 @@ def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None):
 def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int], int]:
     """lm-eval's causal encoding: encode the whole text, split where the context's encoding ends;
     an empty context becomes the EOS token."""
+    from .data.tokenizer import encode_long
+
     if not context:
-        return [tokenizer.eos_token_id] + tokenizer(continuation, add_special_tokens=False)["input_ids"], 1
-    whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
-    return whole, len(tokenizer(context, add_special_tokens=False)["input_ids"])
+        return [tokenizer.eos_token_id] + encode_long(tokenizer, continuation), 1
+    return encode_long(tokenizer, context + continuation), len(encode_long(tokenizer, context))
 
 
 def loglikelihoods(model, tokenizer, requests, batch_size: int, device, autocast_dtype=None):

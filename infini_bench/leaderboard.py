@@ -385,3 +385,99 @@ def main():
 
 if __name__ == "__main__":
     main()
+
+
+SWEEP_METRICS = {  # file-name stem: (label, getter, digits, lower is better)
+    "val-ppl": ("best val PPL", lambda r: r["best_val_ppl"], 2, True),
+    "recall-ppl": ("recall-token PPL", lambda r: r["validation"].get("recall_ppl"), 2, True),
+    "backward-acc": ("backward acc", lambda r: r.get("reversal", {}).get("backward_acc"), 3, False),
+}
+
+
+def sweep_table(trials, runs: dict):
+    """One row per trial; the best validation PPL per memory count (and type) in bold."""
+    best = {}
+    for t in trials:
+        r = runs.get(t["trial"])
+        if r is not None:
+            group = (t.get("memory_type"), t.get("num_memories"))
+            if group not in best or r["best_val_ppl"] < runs[best[group]]["best_val_ppl"]:
+                best[group] = t["trial"]
+    rows = []
+    for t in trials:
+        r = runs.get(t["trial"])
+        status = (f"failed: {t['error']}" if t["error"] else "finished" if r is not None else
+                  f"stopped early (epoch {t['last_reported'].get('epoch', '?')}, val PPL "
+                  f"{_fmt(t['last_reported'].get('val_ppl'), 2)})")
+        row = {"trial": t["trial"], **{k: t[k] for k in ("memory_type", "num_memories", "lr") if k in t},
+               "status": status}
+        for label, get, digits, _ in SWEEP_METRICS.values():
+            row[label] = _fmt(get(r), digits) if r is not None else "—"
+        row["epochs run"] = r["epochs_trained"] if r is not None else "—"
+        row["train time"] = f"{r['train_time_s'] / 60:.1f} min" if r is not None else "—"
+        if best.get((t.get("memory_type"), t.get("num_memories"))) == t["trial"]:
+            row = {k: f"**{v}**" for k, v in row.items()}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_sweep(trials, runs: dict, plot_dir: Path, name: str) -> list[Path]:
+    """A heatmap per metric over (num_memories, lr), one panel per memory type; blank = no result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    memories = sorted({t.get("num_memories") for t in trials}, key=lambda v: (v is None, v))
+    rates = sorted({t.get("lr") for t in trials}, key=lambda v: (v is None, v))
+    types = sorted({t.get("memory_type") or "" for t in trials})
+    paths = []
+    for stem, (label, get, digits, lower) in SWEEP_METRICS.items():
+        fig, axes = plt.subplots(1, len(types), figsize=(1.3 * len(rates) + 2.5, 0.5 * len(memories) + 1.8),
+                                 squeeze=False)
+        for ax, kind in zip(axes[0], types):
+            values = np.full((len(memories), len(rates)), np.nan)
+            for t in trials:
+                r = runs.get(t["trial"])
+                value = get(r) if r is not None else None
+                if (t.get("memory_type") or "") == kind and value is not None:
+                    values[memories.index(t.get("num_memories")), rates.index(t.get("lr"))] = value
+            cmap = matplotlib.colormaps["viridis_r" if lower else "viridis"].copy()
+            cmap.set_bad("lightgrey")
+            image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
+            for (i, j), v in np.ndenumerate(values):
+                ax.text(j, i, "—" if np.isnan(v) else f"{v:.{digits}f}", ha="center", va="center", fontsize=8,
+                        color="white")
+            ax.set_xticks(range(len(rates)), [f"{lr:g}" if lr is not None else "—" for lr in rates])
+            ax.set_yticks(range(len(memories)), [str(m) for m in memories])
+            ax.set(xlabel="learning rate", ylabel="num_memories", title=f"{kind or name}: {label}")
+            fig.colorbar(image, ax=ax)
+        paths.append(plot_dir / f"{name}-{stem}.png")
+        _save_png(fig, paths[-1])
+        plt.close(fig)
+    return paths
+
+
+def write_sweep_leaderboard(trials, root: Path, leaderboard_dir: Path, name: str, description: str = "") -> Path:
+    """leaderboard/sweeps/<name>.md and heatmaps: every trial of the sweep, with the numbers of
+    its own results.json (failed and early-stopped trials say so)."""
+    runs = {r["slug"]: r for r in load_results(root)}
+    leaderboard_dir = Path(leaderboard_dir)
+    plots = plot_sweep(trials, runs, leaderboard_dir / "plots", name)
+    failed = [t for t in trials if t["error"]]
+    lines = [f"# Sweep: {name}", ""]
+    if description:
+        lines += [description.strip(), ""]
+    first = next(iter(runs.values()), None)
+    if first is not None:
+        lines += [f"Suite `{first['suite']}`, preset `{first['preset']}`, device `{first['device']}`, seed "
+                  f"{first['seed']}, commit `{(first.get('git_commit') or '?')[:12]}`. {len(trials)} trials, "
+                  f"{len(runs)} finished, {len(failed)} failed; each row's numbers come from "
+                  f"`runs/sweeps/{name}/<trial>/results.json`. Bold: the best validation PPL for each "
+                  f"memory count.", ""]
+    lines += [_markdown(sweep_table(trials, runs)), ""]
+    lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
+    path = leaderboard_dir / f"{name}.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

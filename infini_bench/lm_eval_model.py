@@ -79,7 +79,11 @@ class InfiniPythiaLM(TemplateLM):
         return self.pretrained
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        return self.tokenizer(string, add_special_tokens=bool(add_special_tokens))["input_ids"]
+        from .data.tokenizer import encode_long
+
+        if add_special_tokens:
+            return self.tokenizer(string, add_special_tokens=True)["input_ids"]
+        return encode_long(self.tokenizer, string)  # flat memory for million-token documents
 
     def tok_decode(self, tokens) -> str:
         return self.tokenizer.decode(tokens)

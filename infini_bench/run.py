@@ -23,7 +23,8 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None):
     parser = _Parser(prog="python -m infini_bench.run", description=__doc__)
-    parser.add_argument("--suite", required=True, help="suite name (configs/suites/<name>.yaml) or a YAML path")
+    parser.add_argument("--suite", required=True, help="suite name (configs/suites/<name>.yaml) or a YAML path; "
+                                                       "'sweep' runs the Ray Tune sweep configs/sweeps/default.yaml")
     parser.add_argument("--preset", help="model dims: pythia-14m, pythia-70m, pythia-160m, pythia-410m")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--data", help="embedded, pile, pg19, pile:<local mirror>, or a local file/folder")
@@ -67,10 +68,10 @@ def model_vocab_size(tokenizer) -> int:
     return -(-len(tokenizer) // 128) * 128
 
 
-def run_model(config, spec, data, device, env, base_seed: int | None = None, stages=()) -> dict:
+def run_model(config, spec, data, device, env, base_seed: int | None = None, stages=(), callbacks=()) -> dict:
     """Train and evaluate one model with `config.training.seed`; its run directory is named
     after the model, with `-seed<s>` added for seeds other than the suite's own. `stages` are
-    the curriculum's DataBundles, if the suite has one."""
+    the curriculum's DataBundles, if the suite has one; `callbacks` extra Trainer callbacks."""
     import torch
     from transformers import set_seed
 
@@ -107,9 +108,10 @@ def run_model(config, spec, data, device, env, base_seed: int | None = None, sta
         data, stages = windowed(data, limit), [windowed(stage, limit) for stage in stages]
     if stages:
         model, train_time = train_curriculum(model, stages, run_dir, config.training, config.evaluation, device,
-                                             resume=resume)
+                                             resume=resume, callbacks=callbacks)
     else:
-        model, train_time = train(model, data, run_dir, config.training, config.evaluation, device, resume=resume)
+        model, train_time = train(model, data, run_dir, config.training, config.evaluation, device, resume=resume,
+                                  callbacks=callbacks)
 
     precision = autocast_dtype(device)
     model.to(device)
@@ -199,12 +201,28 @@ def run_suite(config, device, data, stages=()) -> Path | None:
     return leaderboard
 
 
+def prepare_suite_data(config):
+    """The suite's data, and a DataBundle per curriculum stage (with the same tokenizer)."""
+    from .data import default_cache_dir, prepare_data
+
+    data = prepare_data(config.data, default_cache_dir())
+    stages = [prepare_data(dataclasses.replace(config.data, sample_len=stage["sample_len"],
+                                               num_samples=stage["num_samples"]),
+                           default_cache_dir(), tokenizer=data.tokenizer)
+              for stage in config.training.curriculum]
+    return data, stages
+
+
 def seeds_of(config) -> list[int]:
     return [config.training.seed + i for i in range(config.num_seeds)]
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.suite == "sweep":  # the Ray Tune sweep over memory count x learning rate
+        from .sweep import main as sweep_main
+
+        return sweep_main(["--config", "default", "--output-dir", args.output_dir])
     from .suites import load_run_config
     from .training import check_checkpoint, latest_checkpoint, pick_device
 
@@ -230,14 +248,8 @@ def main(argv=None) -> int:
     for spec in config.models:
         print(f"  model {spec.name}: {spec.overrides}", flush=True)
     start = time.perf_counter()
-    from .data import default_cache_dir, prepare_data
-
     try:
-        data = prepare_data(config.data, default_cache_dir())
-        stages = [prepare_data(dataclasses.replace(config.data, sample_len=stage["sample_len"],
-                                                   num_samples=stage["num_samples"]),
-                               default_cache_dir(), tokenizer=data.tokenizer)
-                  for stage in config.training.curriculum]
+        data, stages = prepare_suite_data(config)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

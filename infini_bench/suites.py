@@ -72,9 +72,10 @@ class RunConfig:
     training: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     num_seeds: int = 1
+    model_defaults: dict = field(default_factory=dict)  # already merged into each model's overrides
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "model_defaults"}
 
     @property
     def runs_dir(self) -> Path:
@@ -251,6 +252,7 @@ def load_run_config(suite: str, device: str, preset: str | None = None, data: st
         raise ValueError(f"seeds: expected a positive integer, got {num_seeds}")
     config.num_seeds = num_seeds
     defaults = {**(raw.get("model_defaults") or {}), **(profile.get("model_defaults") or {})}
+    config.model_defaults = defaults
     for i, entry in enumerate(raw.get("models") or []):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ValueError(f"models[{i}]: expected a mapping with a 'name'")

@@ -144,12 +144,13 @@ def check_checkpoint(checkpoint: Path):
 
 
 def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConfig, device: torch.device,
-          resume: bool = False):
+          resume: bool = False, callbacks=()):
     """Train `model` on `data` (a DataBundle) into `run_dir`; the best model ends up in `run_dir`.
 
     With `resume`, training continues from the newest checkpoint in run_dir/trainer (model,
     optimizer, scheduler, RNG and early-stopping state; checkpoints are taken at epoch ends,
     where the stream memory is reset anyway), and metrics.jsonl is cut back to that epoch.
+    `callbacks` are extra Trainer callbacks (a sweep's report to Ray Tune).
     Returns the best model and the training time of this call."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -194,7 +195,8 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
         model=model, args=args, train_dataset=data.train, data_collator=collate,
         eval_dataset=data.validation, eval_config=eval_config,
         callbacks=[ResetStreamMemory(), EarlyStoppingCallback(early_stopping_patience=config.patience),
-                   EpochLog(epoch_log), TensorBoardCallback(SummaryWriter(str(run_dir / "tensorboard")))],
+                   EpochLog(epoch_log), TensorBoardCallback(SummaryWriter(str(run_dir / "tensorboard"))),
+                   *callbacks],
     )
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -230,7 +232,7 @@ def windowed(data, width: int):
 
 
 def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_config: EvalConfig,
-                     device: torch.device, resume: bool = False):
+                     device: torch.device, resume: bool = False, callbacks=()):
     """Train through `config.curriculum` in order (stages: a DataBundle per stage), each stage in
     run_dir/stages/<i>-<sample_len> with `train` and starting from the model the previous stage
     kept. With `resume`, finished stages (model saved, trainer folder gone) are loaded, not
@@ -246,7 +248,8 @@ def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_con
             model = type(model).from_pretrained(stage_dir).to(device)
         else:
             stage_config = dataclasses.replace(config, max_epochs=stage["max_epochs"], curriculum=())
-            model, elapsed = train(model, data, stage_dir, stage_config, eval_config, device, resume=resume)
+            model, elapsed = train(model, data, stage_dir, stage_config, eval_config, device, resume=resume,
+                                   callbacks=callbacks)
             atomic_write_json(done, {"train_time_s": elapsed, **stage})
         total_time += json.loads(done.read_text())["train_time_s"]
         offset = records[-1]["epoch"] if records else 0

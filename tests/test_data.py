@@ -219,3 +219,16 @@ def test_long_document_recalls_its_people_throughout(tmp_path):
     text = tokenizer.decode(tokens)
     first_name = text.split()[0]
     assert text.count(first_name) > 20 and first_name in text[-len(text) // 10:]
+
+
+def test_long_texts_are_encoded_in_pieces_to_the_same_tokens(tmp_path):
+    """encode_long cuts before spaces (also inside runs of spaces and next to newlines); the
+    tokens equal those of encoding the whole text at once."""
+    from infini_bench.data.tokenizer import encode_long
+
+    tokenizer = prepare_data(small(), tmp_path).tokenizer
+    text = " ".join(d["text"] for d in embedded_documents(30, seed=5))
+    text = text.replace(". The", ".  The").replace(". Nobody", ".\nNobody").replace("Later", "\n  Later")
+    whole = tokenizer(text, add_special_tokens=False)["input_ids"]
+    for piece_chars in (50, 333, 10_000, len(text) + 1):
+        assert encode_long(tokenizer, text, piece_chars=piece_chars) == whole

@@ -18,7 +18,7 @@ from .embedded import embedded_documents, make_document
 from .passkey import NEEDLE, QUESTION, FillerPool, passkey_sample
 from .reversal import Fact, reversal_facts
 from .sources import parse_source, stream_texts
-from .tokenizer import load_tokenizer, tokenizer_fingerprint
+from .tokenizer import encode_long, load_tokenizer, tokenizer_fingerprint
 
 CACHE_VERSION = 2
 
@@ -188,4 +188,4 @@ def long_document(tokenizer, length: int, seed: int) -> list[int]:
     """One embedded-corpus document of `length` tokens: its people are stated at the start and
     recalled throughout, so that reading it well needs memory at every length."""
     text, _ = make_document(random.Random(f"long-{seed}"), min_words=length)
-    return tokenizer(text, add_special_tokens=False)["input_ids"][:length]
+    return encode_long(tokenizer, text)[:length]

@@ -82,3 +82,18 @@ def load_tokenizer(spec: str, texts=None, vocab_size: int = 4096, cache_dir: Pat
 def tokenizer_fingerprint(tokenizer) -> str:
     """Stable id of a tokenizer's vocabulary and rules (for cache keys)."""
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def encode_long(tokenizer, text: str, piece_chars: int = 100_000) -> list[int]:
+    """Token ids of `text` (no special tokens), encoded in pieces of about `piece_chars`
+    characters cut just before a space. A fast tokenizer holds per-character alignments for its
+    whole input (about 150 bytes per character: 0.7 GB for a 1M-token text); pieces keep that
+    flat. With a byte-level pre-tokenizer (GPT-NeoX's, and the BPE trained here) a word starts
+    at its leading space, so the pieces' tokens are the whole text's tokens."""
+    ids, start = [], 0
+    while start < len(text):
+        end = len(text) if len(text) - start <= piece_chars else text.rfind(" ", start + 1, start + piece_chars)
+        end = end if end > start else min(len(text), start + piece_chars)
+        ids += tokenizer(text[start:end], add_special_tokens=False)["input_ids"]
+        start = end
+    return ids

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 REFERENCE_BINS = (0, 16, 32, 64, 96)
+SCORE_ROWS = 128  # positions log-softmaxed at once when streaming (keeps vocab-sized buffers small)
 
 
 def reset_memory(model):
@@ -88,7 +89,10 @@ def stream_logprobs(model, tokens, first_target: int, device, autocast_dtype=Non
     chunk = chunk_tokens(model)
     ids = torch.as_tensor(tokens, dtype=torch.long)
     state = model.empty_memory(1)
-    logprobs, greedy = [], []
+    # Results go into arrays made once: small per-chunk results kept between the chunks'
+    # large temporary buffers would fragment the heap and make memory grow with the length.
+    count = max(len(ids) - max(first_target, 1), 0)
+    logprobs, greedy = np.empty(count), np.empty(count, dtype=bool)
     for start in range(0, len(ids), chunk):
         piece = ids[start:start + chunk]
         # Position p predicts token p + 1; score positions first_position..last_position - 1.
@@ -102,16 +106,18 @@ def stream_logprobs(model, tokens, first_target: int, device, autocast_dtype=Non
         with _autocast(device, autocast_dtype):
             out = model(piece[None].to(device), memory_state=state,
                         logits_to_keep=max(start + len(piece) - first_position, 1))
-        state = out.memory_state
-        if keep:
-            logits = out.logits[0, :keep].float()
-            targets = ids[first_position + 1:last_position + 1].to(logits.device)
-            lp = torch.log_softmax(logits, -1)
-            logprobs.append(lp.gather(-1, targets[:, None])[:, 0].double().cpu())
-            greedy.append((lp.argmax(-1) == targets).cpu())
-    if not logprobs:
-        return np.zeros(0), np.zeros(0, dtype=bool)
-    return torch.cat(logprobs).numpy(), torch.cat(greedy).numpy()
+        state, logits = out.memory_state, out.logits[0, :keep]
+        del out  # the last chunk's logits are gone before the next chunk's are made
+        for row in range(0, keep, SCORE_ROWS):  # log-softmax some rows at a time: smaller buffers
+            block = logits[row:row + SCORE_ROWS].float()
+            at = first_position + row
+            targets = ids[at + 1:at + 1 + len(block)].to(block.device)
+            lp = torch.log_softmax(block, -1)
+            done = at - (max(first_target, 1) - 1)
+            logprobs[done:done + len(block)] = lp.gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
+            greedy[done:done + len(block)] = (lp.argmax(-1) == targets).cpu().numpy()
+        del logits
+    return logprobs, greedy
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .io import atomic_write_text
+from .run import last_stage
 
 
 def load_results(runs_dir: Path) -> list[dict]:
@@ -44,7 +45,7 @@ def summary_table(results):
             "model": r["model"],
             "best val PPL": _fmt(r["best_val_ppl"], 2),
             "95% CI (bootstrap)": f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "—",
-            "best epoch": r["best_epoch"],
+            "best epoch": min(last_stage(r["curve"]), key=lambda c: c["val_ppl"])["epoch"],
             "epochs run": r["epochs_trained"],
             "recall-token PPL": _fmt(r["validation"].get("recall_ppl"), 2),
             "memory state": _kilobytes(r["memory_bytes"]),
@@ -380,7 +381,15 @@ def main():
     parser.add_argument("suite")
     args = parser.parse_args()
     root = Path(args.output_dir)
-    print(write_leaderboard(root / "runs" / args.suite, root / "leaderboard", args.suite))
+    try:  # the suite file's description, as a suite run writes it
+        import yaml
+
+        from .suites import find_suite
+
+        description = yaml.safe_load(find_suite(args.suite).read_text()).get("description", "")
+    except (ValueError, OSError):
+        description = ""
+    print(write_leaderboard(root / "runs" / args.suite, root / "leaderboard", args.suite, description))
 
 
 if __name__ == "__main__":

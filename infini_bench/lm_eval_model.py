@@ -98,12 +98,16 @@ class InfiniPythiaLM(TemplateLM):
         return results
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs):
-        rows = []
+        rows, cut = [], 0
         for _, context, continuation in requests:
             whole = context + continuation
             if self.max_length is not None and len(whole) > self.max_length:
                 whole = whole[-self.max_length:]  # GPT-NeoX: keep the end, as lm-eval's HF model does
+                cut += 1
             rows.append((whole, len(whole) - len(continuation)))
+        if cut:
+            log.warning("%d of %d requests are longer than the model's context (%d tokens) and were cut to "
+                        "their last %d tokens", cut, len(requests), self.max_length, self.max_length)
         out = []
         for (lp, greedy), request in zip(self._score(rows, disable_tqdm), requests):
             result = (float(lp.sum()), bool(greedy.all()))

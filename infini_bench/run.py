@@ -135,7 +135,7 @@ def run_model(config, spec, data, device, env, base_seed: int | None = None, sta
         extra["long_ppl"] = long_document_ppl(model, document, e.long_ppl_bins, device, precision)
         print(f"{spec.name}: long-document PPL in {time.perf_counter() - start:.0f}s", flush=True)
     curve = [_epoch_record(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    best = min(curve, key=lambda c: c["val_ppl"])
+    best = min(last_stage(curve), key=lambda c: c["val_ppl"])
     memory = model.memory_info() if hasattr(model, "memory_info") else None
     results = {
         "suite": config.suite, "model": spec.name, "slug": spec.slug, "order": spec.order,
@@ -169,6 +169,12 @@ def _read_json(path: Path):
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def last_stage(curve: list[dict]) -> list[dict]:
+    """The epochs of a curriculum's last stage (validation PPLs of other sample lengths are not
+    comparable); all epochs without a curriculum."""
+    return [c for c in curve if c.get("sample_len") == curve[-1].get("sample_len")]
 
 
 def _epoch_record(line: str) -> dict:
@@ -240,11 +246,14 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    epochs = (" -> ".join(f"{s['num_samples']} x {s['sample_len']} ({s['max_epochs']} epoch(s))"
+                          for s in config.training.curriculum) if config.training.curriculum
+              else f"up to {config.training.max_epochs} epochs")
     print(f"suite {config.suite} ({config.suite_file}) on {device}: preset {config.preset}, "
           f"data {config.data.source} ({config.data.num_samples} x {config.data.sample_len}, tokenizer "
           f"{config.data.tokenizer}), lr {config.training.lr}, batch {config.training.batch_size}, "
-          f"up to {config.training.max_epochs} epochs (patience {config.training.patience}), seed "
-          f"{config.training.seed}, output {Path(config.output_dir).resolve()}", flush=True)
+          f"{epochs} (patience {config.training.patience}), seed {config.training.seed}, "
+          f"output {Path(config.output_dir).resolve()}", flush=True)
     for spec in config.models:
         print(f"  model {spec.name}: {spec.overrides}", flush=True)
     start = time.perf_counter()

@@ -109,8 +109,9 @@ def load_sweep(name: str) -> SweepConfig:
 
 
 def trial_name(params: dict) -> str:
-    parts = [params.get("memory_type", ""), f"m{params['num_memories']}" if "num_memories" in params else "",
-             f"lr{params['lr']:g}" if "lr" in params else ""]
+    """The trial's name and run-directory name, e.g. multi-m4-lr0p0003 or m1-lr1e09."""
+    lr = f"lr{params['lr']:g}".replace("+", "").replace(".", "p") if "lr" in params else ""
+    parts = [params.get("memory_type", ""), f"m{params['num_memories']}" if "num_memories" in params else "", lr]
     return "-".join(p for p in parts if p)
 
 
@@ -121,6 +122,7 @@ def trial_run_config(sweep: SweepConfig, params: dict, device: str, output_dir: 
     config = load_run_config(sweep.suite, device, output_dir=output_dir, max_epochs=sweep.max_epochs)
     overrides = {**config.model_defaults, **sweep.model, **{k: v for k, v in params.items() if k != "lr"}}
     spec = ModelSpec(trial_name(params), overrides)
+    assert spec.slug == spec.name  # the run directory is named after the trial
     config = dataclasses.replace(config, suite=f"sweeps/{sweep.name}", models=[spec])
     if "lr" in params:
         config = dataclasses.replace(config, training=dataclasses.replace(config.training, lr=float(params["lr"])))
@@ -216,7 +218,7 @@ def run_sweep(sweep: SweepConfig, output_dir: Path, resume: bool = False) -> tup
     finally:
         ray.shutdown()
     trials = []
-    for result in grid:
+    for result in (grid[i] for i in range(len(grid))):
         params = {k: result.config[k] for k in GRID_KEYS if k in result.config}
         trials.append({"trial": trial_name(params), **params,
                        "error": _error_line(result.error) if result.error else None,

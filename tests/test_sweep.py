@@ -71,9 +71,9 @@ def test_a_failing_trial_is_reported_and_the_others_finish(tmp_path):
     trials = json.loads((tmp_path / "runs" / "sweeps" / "failing" / "trials.json").read_text())
     assert trials[0]["error"] is None and "training: loss is" in trials[1]["error"]
     text = (tmp_path / "leaderboard" / "sweeps" / "failing.md").read_text()
-    (row,) = [line for line in text.splitlines() if "lr1e+09" in line]
+    (row,) = [line for line in text.splitlines() if "m1-lr1e09" in line]
     assert "failed: " in row and "loss is" in row
-    assert (tmp_path / "runs" / "sweeps" / "failing" / "m1-lr0.001" / "results.json").exists()
+    assert (tmp_path / "runs" / "sweeps" / "failing" / "m1-lr0p001" / "results.json").exists()
 
 
 def test_interrupted_sweep_resumes_without_retraining_finished_trials(tmp_path):

@@ -25,27 +25,28 @@ PROFILE_KEYS = {"preset", "model_defaults", "data", "training", "evaluation"}
 SECTIONS = {"data": DataConfig, "training": TrainConfig, "evaluation": EvalConfig}
 
 
-def suite_dirs() -> list[Path]:
-    """Where suites are looked up: ./configs/suites, then the repository's configs/suites."""
-    return [Path.cwd() / "configs" / "suites", Path(__file__).resolve().parents[1] / "configs" / "suites"]
+def config_dirs(kind: str) -> list[Path]:
+    """Where configs of a kind ("suites", "sweeps") are looked up: ./configs/<kind>, then the
+    repository's configs/<kind>."""
+    return [Path.cwd() / "configs" / kind, Path(__file__).resolve().parents[1] / "configs" / kind]
 
 
-def available_suites() -> list[str]:
-    names = set()
-    for d in suite_dirs():
-        names.update(p.stem for p in d.glob("*.yaml"))
-    return sorted(names)
+def find_config(kind: str, name: str, field: str, what: str) -> Path:
+    """The YAML file for `name` (a name under configs/<kind>/ or a .yaml path); ValueError naming
+    `field` and the accepted names otherwise."""
+    if name.endswith((".yaml", ".yml")):
+        if not Path(name).is_file():
+            raise ValueError(f"{field}: file {name!r} does not exist")
+        return Path(name)
+    for d in config_dirs(kind):
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    known = sorted({p.stem for d in config_dirs(kind) for p in d.glob("*.yaml")})
+    raise ValueError(f"{field}: unknown {what}{name!r}; accepted: {', '.join(known)} or a .yaml path")
 
 
 def find_suite(name: str) -> Path:
-    if name.endswith((".yaml", ".yml")):
-        if not Path(name).is_file():
-            raise ValueError(f"suite: file {name!r} does not exist")
-        return Path(name)
-    for d in suite_dirs():
-        if (d / f"{name}.yaml").is_file():
-            return d / f"{name}.yaml"
-    raise ValueError(f"suite: unknown {name!r}; accepted: {', '.join(available_suites())} or a .yaml path")
+    return find_config("suites", name, "suite", "")
 
 
 @dataclass
@@ -171,9 +172,9 @@ def _validate(config: RunConfig):
     if not config.models:
         raise ValueError("models: expected a non-empty list")
     slugs = set()
+    shortest = min([d.sample_len] + [stage["sample_len"] for stage in t.curriculum])
     for spec in config.models:
         model = config.model_config(spec)
-        shortest = min([d.sample_len] + [stage["sample_len"] for stage in t.curriculum])
         if model.memory_type != "none" and model.segment_len > shortest:
             raise ValueError(f"segment_len: {model.segment_len} (model {spec.name!r}) is larger than the shortest "
                              f"sample ({shortest} tokens); accepted: 1..{shortest}")

@@ -55,25 +55,11 @@ class SweepConfig:
         return points
 
 
-def sweep_dirs() -> list[Path]:
-    return [Path.cwd() / "configs" / "sweeps", Path(__file__).resolve().parents[1] / "configs" / "sweeps"]
-
-
-def find_sweep(name: str) -> Path:
-    if name.endswith((".yaml", ".yml")):
-        if not Path(name).is_file():
-            raise ValueError(f"config: file {name!r} does not exist")
-        return Path(name)
-    for d in sweep_dirs():
-        if (d / f"{name}.yaml").is_file():
-            return d / f"{name}.yaml"
-    known = sorted({p.stem for d in sweep_dirs() for p in d.glob("*.yaml")})
-    raise ValueError(f"config: unknown sweep {name!r}; accepted: {', '.join(known)} or a .yaml path")
-
-
 def load_sweep(name: str) -> SweepConfig:
     """Read and validate a sweep file; raises ValueError naming the bad field."""
-    path = find_sweep(name)
+    from .suites import find_config
+
+    path = find_config("sweeps", name, "config", "sweep ")
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         raise ValueError(f"config: {path} must be a mapping with keys {', '.join(sorted(SWEEP_KEYS))}")

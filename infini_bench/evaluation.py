@@ -31,20 +31,32 @@ def _autocast(device, dtype):
 
 @torch.no_grad()
 def sample_token_nll(model, input_ids, batch_size: int, device, autocast_dtype=None) -> np.ndarray:
-    """Per-token negative log-likelihood [N, L - 1] of fixed-length samples, in order."""
+    """Per-token negative log-likelihood [N, L - 1] of fixed-length samples, in order.
+
+    Under data parallelism each process scores a contiguous share of the samples (in stream
+    scope through its own memory, reset at the share's start) and the shares are gathered back
+    in order, every sample once. Every process makes as many forward calls as the largest
+    share needs (a short share repeats a batch and drops its result): ZeRO-3 gathers the
+    parameters inside each call, from all processes at once."""
+    from .distributed import gather_rows, share
+
     model.eval()
     reset_memory(model)
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
-    out = []
-    for start in range(0, len(ids), batch_size):
-        batch = ids[start:start + batch_size].to(device)
+    mine, largest = share(len(ids))
+    mine = ids[mine.start:mine.stop]
+    out = [np.empty((0, ids.shape[1] - 1))]
+    for start in range(0, largest, batch_size):
+        batch = mine[start:start + batch_size]
+        keep = len(batch)
+        batch = (batch if keep else ids[:1]).to(device)
         with _autocast(device, autocast_dtype):
             logits = model(batch).logits
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch[:, 1:],
                                                 reduction="none")
-        out.append(nll.double().cpu().numpy())
+        out.append(nll[:keep].double().cpu().numpy())
     reset_memory(model)
-    return np.concatenate(out)
+    return gather_rows(np.concatenate(out), len(ids), device)
 
 
 def bin_edges(bins, length: int) -> list[tuple[int, int]]:

@@ -5,6 +5,8 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import math
+import os
 import platform
 import subprocess
 import sys
@@ -33,8 +35,14 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=1,
                         help="train and evaluate every model with this many seeds (seed, seed + 1, ...)")
     parser.add_argument("--max-epochs", type=int, help="override the suite's training.max_epochs")
-    parser.add_argument("--deepspeed", help="DeepSpeed JSON config, passed to the Trainer")
+    parser.add_argument("--deepspeed", help="DeepSpeed config passed to the Trainer: zero1, zero2, zero3, "
+                                            "zero3_offload (configs/deepspeed/) or a .json path")
     parser.add_argument("--models", help="only these models, by run-directory name (comma-separated)")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="no training: reload each finished model's saved weights, recompute its validation "
+                             "metrics and compare them with its results.json (exit 1 on a difference)")
+    # Set by the `deepspeed` launcher; the rank is read from LOCAL_RANK / RANK as under torchrun.
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -57,10 +65,12 @@ def environment() -> dict:
         pass
     import torch
 
+    from . import distributed
+
     return {"packages": versions, "git_commit": commit, "python": platform.python_version(),
             "platform": platform.platform(), "cuda": torch.version.cuda,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "data_parallel_processes": distributed.world_size()}
 
 
 def model_vocab_size(tokenizer) -> int:
@@ -75,9 +85,9 @@ def run_model(config, spec, data, device, env, base_seed: int | None = None, sta
     import torch
     from transformers import set_seed
 
+    from . import distributed
     from .data import long_document
-    from .evaluation import context_limit, lm_metrics, long_document_ppl, passkey_grid, reversal_metrics, \
-        sample_token_nll
+    from .evaluation import context_limit, long_document_ppl, passkey_grid, reversal_metrics
     from .io import atomic_write_json
     from .models import build_model
     from .training import autocast_dtype, train, train_curriculum, windowed
@@ -89,17 +99,21 @@ def run_model(config, spec, data, device, env, base_seed: int | None = None, sta
     run = {k: v for k, v in config.to_dict().items() if k != "num_seeds"}
     resolved = {"run": run, "model_name": spec.name, "model": model_config.to_dict(), "data": data.info,
                 "stages": [stage.info for stage in stages]}
+    if distributed.world_size() > 1:  # stream-scope memories are per process: results depend on it
+        resolved["data_parallel_processes"] = distributed.world_size()
     fingerprint = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
     finished = _read_json(run_dir / "results.json")
+    previous = _read_json(run_dir / "run_config.json")
+    distributed.barrier()  # every process has read these before the main one rewrites them
     if finished and finished.get("fingerprint") == fingerprint:
         print(f"{spec.name}: already finished with this config ({run_dir / 'results.json'}); not retrained",
               flush=True)
         return finished
-    (run_dir / "results.json").unlink(missing_ok=True)
-    previous = _read_json(run_dir / "run_config.json")
     resume = bool(previous and previous.get("fingerprint") == fingerprint)
-    atomic_write_json(run_dir / "run_config.json", {**resolved, "fingerprint": fingerprint})
-    atomic_write_json(run_dir / "environment.json", env)
+    if distributed.is_main():
+        (run_dir / "results.json").unlink(missing_ok=True)
+        atomic_write_json(run_dir / "run_config.json", {**resolved, "fingerprint": fingerprint})
+        atomic_write_json(run_dir / "environment.json", env)
     set_seed(config.training.seed)
     model = build_model(model_config)
     parameters = sum(p.numel() for p in model.parameters())
@@ -116,9 +130,10 @@ def run_model(config, spec, data, device, env, base_seed: int | None = None, sta
     precision = autocast_dtype(device)
     model.to(device)
     e = config.evaluation
-    nll = sample_token_nll(model, data.validation["input_ids"], e.batch_size, device, precision)
-    validation = lm_metrics(nll, data.validation["recall"], e.position_bins, len(data.validation[0]["input_ids"]))
-    validation["ppl_bootstrap_ci95"] = bootstrap_ppl_ci(nll)
+    validation = validation_metrics(model, data, e, device)
+    if not distributed.is_main():  # the other evaluations and the files are the main process's
+        distributed.barrier()
+        return None
     extra = {}
     if e.reversal:
         extra["reversal"] = reversal_metrics(model, data.tokenizer, data.facts, e.num_distractors, e.batch_size,
@@ -151,7 +166,43 @@ def run_model(config, spec, data, device, env, base_seed: int | None = None, sta
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    distributed.barrier()
     return results
+
+
+def validation_metrics(model, data, evaluation, device) -> dict:
+    """Validation PPL (overall, recall tokens, by position) with its bootstrap interval; shared
+    by the processes under data parallelism."""
+    from .evaluation import lm_metrics, sample_token_nll
+    from .training import autocast_dtype
+
+    nll = sample_token_nll(model, data.validation["input_ids"], evaluation.batch_size, device, autocast_dtype(device))
+    metrics = lm_metrics(nll, data.validation["recall"], evaluation.position_bins, len(data.validation[0]["input_ids"]))
+    return {**metrics, "ppl_bootstrap_ci95": bootstrap_ppl_ci(nll)}
+
+
+def reevaluate(config, data, device) -> int:
+    """Reload each model's saved weights (safetensors) and recompute its validation metrics;
+    0 if every one equals its results.json, 1 otherwise (the same number of processes as the
+    run is needed in stream scope, where each process streams its share through its memory)."""
+    from transformers import AutoModelForCausalLM
+
+    from . import distributed, models  # noqa: F401 - importing models registers infini_pythia with Auto
+
+    mismatches = 0
+    for spec in config.models:
+        run_dir = config.runs_dir / spec.slug
+        recorded = _read_json(run_dir / "results.json")
+        model = AutoModelForCausalLM.from_pretrained(run_dir).to(device)
+        again = validation_metrics(model, data, config.evaluation, device)
+        pairs = [(again["ppl"], recorded["validation"]["ppl"]), (again["recall_ppl"], recorded["validation"]["recall_ppl"]),
+                 *zip(again["position_ppl"].values(), recorded["validation"]["position_ppl"].values())]
+        match = all(x is y or math.isclose(x, y, rel_tol=1e-6) for x, y in pairs)
+        mismatches += not match
+        if distributed.is_main():
+            print(f"{spec.name}: val PPL {again['ppl']:.6f} (results.json: {recorded['validation']['ppl']:.6f}); "
+                  f"overall, recall-token and position PPLs: {'match' if match else 'MISMATCH'}", flush=True)
+    return 1 if mismatches else 0
 
 
 def bootstrap_ppl_ci(nll, resamples: int = 1000, seed: int = 0) -> list[float]:
@@ -185,6 +236,7 @@ def _epoch_record(line: str) -> dict:
 
 
 def run_suite(config, device, data, stages=()) -> Path | None:
+    from . import distributed
     from .leaderboard import write_leaderboard
 
     env = environment()
@@ -199,6 +251,8 @@ def run_suite(config, device, data, stages=()) -> Path | None:
             start = time.perf_counter()
             print(f"== {spec.name}, seed {seed} ==", flush=True)
             results = run_model(seeded, spec, data, device, env, base_seed=config.training.seed, stages=stages)
+            if not distributed.is_main():  # it only trains and shares the validation evaluation
+                continue
             print(f"{spec.name}: best val PPL {results['best_val_ppl']:.2f} at epoch {results['best_epoch']}, "
                   f"recall PPL {results['validation'].get('recall_ppl') or float('nan'):.2f}, "
                   f"{time.perf_counter() - start:.0f}s", flush=True)
@@ -229,8 +283,9 @@ def main(argv=None) -> int:
         from .sweep import main as sweep_main
 
         return sweep_main(["--config", "default", "--output-dir", args.output_dir])
+    from . import distributed
     from .suites import load_run_config
-    from .training import check_checkpoint, latest_checkpoint, pick_device
+    from .training import check_checkpoint, latest_checkpoint, per_process_batch, pick_device
 
     try:
         device = pick_device(args.device)
@@ -239,6 +294,11 @@ def main(argv=None) -> int:
                                  max_epochs=args.max_epochs,
                                  only_models=args.models.split(",") if args.models else None,
                                  num_seeds=args.seeds)
+        per_process_batch(config.training.batch_size)
+        for spec in config.models if args.reevaluate else ():
+            if not (config.runs_dir / spec.slug / "results.json").is_file():
+                raise ValueError(f"reevaluate: model {spec.slug!r} has no finished run in {config.runs_dir}; "
+                                 f"accepted: models with a results.json")
         for spec in config.models:  # before anything is written: can every resume point be read?
             checkpoint = latest_checkpoint(config.runs_dir / spec.slug / "trainer")
             if checkpoint is not None:
@@ -246,6 +306,9 @@ def main(argv=None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    distributed.init(device)
+    if not distributed.is_main():  # one report on the console: the main process's (errors still show)
+        sys.stdout = open(os.devnull, "w")
     epochs = (" -> ".join(f"{s['num_samples']} x {s['sample_len']} ({s['max_epochs']} epoch(s))"
                           for s in config.training.curriculum) if config.training.curriculum
               else f"up to {config.training.max_epochs} epochs")
@@ -253,15 +316,19 @@ def main(argv=None) -> int:
           f"data {config.data.source} ({config.data.num_samples} x {config.data.sample_len}, tokenizer "
           f"{config.data.tokenizer}), lr {config.training.lr}, batch {config.training.batch_size}, "
           f"{epochs} (patience {config.training.patience}), seed {config.training.seed}, "
+          f"{distributed.world_size()} process(es){', DeepSpeed ' + config.training.deepspeed if config.training.deepspeed else ''}, "
           f"output {Path(config.output_dir).resolve()}", flush=True)
     for spec in config.models:
         print(f"  model {spec.name}: {spec.overrides}", flush=True)
     start = time.perf_counter()
     try:
-        data, stages = prepare_suite_data(config)
+        with distributed.main_first():  # the main process builds the data cache, the others read it
+            data, stages = prepare_suite_data(config)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if args.reevaluate:
+        return reevaluate(config, data, device)
     from .training import NonFiniteLoss
 
     try:

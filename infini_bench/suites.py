@@ -10,6 +10,7 @@ A suite file (configs/suites/<name>.yaml) has the sections:
 """
 
 import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,23 +27,23 @@ SECTIONS = {"data": DataConfig, "training": TrainConfig, "evaluation": EvalConfi
 
 
 def config_dirs(kind: str) -> list[Path]:
-    """Where configs of a kind ("suites", "sweeps") are looked up: ./configs/<kind>, then the
-    repository's configs/<kind>."""
+    """Where configs of a kind ("suites", "sweeps", "deepspeed") are looked up: ./configs/<kind>,
+    then the repository's configs/<kind>."""
     return [Path.cwd() / "configs" / kind, Path(__file__).resolve().parents[1] / "configs" / kind]
 
 
-def find_config(kind: str, name: str, field: str, what: str) -> Path:
-    """The YAML file for `name` (a name under configs/<kind>/ or a .yaml path); ValueError naming
-    `field` and the accepted names otherwise."""
-    if name.endswith((".yaml", ".yml")):
+def find_config(kind: str, name: str, field: str, what: str, suffixes=(".yaml", ".yml")) -> Path:
+    """The file for `name` (a name under configs/<kind>/ or a path ending in one of `suffixes`);
+    ValueError naming `field` and the accepted names otherwise."""
+    if name.endswith(suffixes):
         if not Path(name).is_file():
             raise ValueError(f"{field}: file {name!r} does not exist")
         return Path(name)
     for d in config_dirs(kind):
-        if (d / f"{name}.yaml").is_file():
-            return d / f"{name}.yaml"
-    known = sorted({p.stem for d in config_dirs(kind) for p in d.glob("*.yaml")})
-    raise ValueError(f"{field}: unknown {what}{name!r}; accepted: {', '.join(known)} or a .yaml path")
+        if (d / f"{name}{suffixes[0]}").is_file():
+            return d / f"{name}{suffixes[0]}"
+    known = sorted({p.stem for d in config_dirs(kind) for p in d.glob(f"*{suffixes[0]}")})
+    raise ValueError(f"{field}: unknown {what}{name!r}; accepted: {', '.join(known)} or a {suffixes[0]} path")
 
 
 def find_suite(name: str) -> Path:
@@ -143,8 +144,13 @@ def _validate(config: RunConfig):
         raise ValueError("data.reversal_facts: expected at least 11 (10 distractors need 10 other facts)")
     if t.lr <= 0 or t.max_grad_norm <= 0 or t.weight_decay < 0:
         raise ValueError(f"training.lr / max_grad_norm: expected positive numbers, got {t.lr} / {t.max_grad_norm}")
-    if t.deepspeed is not None and not Path(t.deepspeed).is_file():
-        raise ValueError(f"training.deepspeed: config file {t.deepspeed!r} does not exist")
+    if t.deepspeed is not None:
+        t.deepspeed = str(find_config("deepspeed", t.deepspeed, "training.deepspeed", "DeepSpeed config ",
+                                      suffixes=(".json",)).resolve())
+        try:
+            json.loads(Path(t.deepspeed).read_text())
+        except ValueError as error:
+            raise ValueError(f"training.deepspeed: {t.deepspeed} is not valid JSON ({error})") from None
     if not all(isinstance(b, int) and b >= 0 for b in e.position_bins) or 0 not in e.position_bins:
         raise ValueError(f"evaluation.position_bins: expected non-negative integers starting at 0, got "
                          f"{list(e.position_bins)}")

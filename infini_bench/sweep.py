@@ -20,7 +20,6 @@ Sweep file (configs/sweeps/<name>.yaml):
   max_epochs: optional override of the suite's training.max_epochs
 """
 
-import argparse
 import dataclasses
 import os
 import sys

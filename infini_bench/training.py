@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from .evaluation import REFERENCE_BINS, lm_metrics, reset_memory, sample_token_nll
 from .io import append_jsonl, atomic_write_json, atomic_write_text
@@ -24,7 +25,7 @@ from .io import append_jsonl, atomic_write_json, atomic_write_text
 @dataclass
 class TrainConfig:
     lr: float = 1e-4
-    batch_size: int = 8
+    batch_size: int = 8            # global: split over the data-parallel processes
     max_epochs: int = 30
     patience: int = 1
     max_grad_norm: float = 1.0
@@ -75,14 +76,13 @@ class ResetStreamMemory(TrainerCallback):
 
 
 class EpochLog(TrainerCallback):
-    """One jsonl line per epoch: train PPL, validation metrics."""
+    """One jsonl line per epoch: train PPL, validation metrics (the main process's callback)."""
 
     def __init__(self, path: Path):
         self.path = path
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        if state.is_world_process_zero:
-            append_jsonl(self.path, {"epoch": round(state.epoch or 0), "step": state.global_step, **metrics})
+        append_jsonl(self.path, {"epoch": round(state.epoch or 0), "step": state.global_step, **metrics})
 
 
 class NonFiniteLoss(RuntimeError):
@@ -151,13 +151,18 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
     optimizer, scheduler, RNG and early-stopping state; checkpoints are taken at epoch ends,
     where the stream memory is reset anyway), and metrics.jsonl is cut back to that epoch.
     `callbacks` are extra Trainer callbacks (a sweep's report to Ray Tune).
+    Under a launcher (DeepSpeed, torchrun) every process calls this; `config.batch_size` is the
+    global batch, each process takes its share, and only the main process writes files.
     Returns the best model and the training time of this call."""
     from torch.utils.tensorboard import SummaryWriter
 
+    from . import distributed
+
+    distributed.init(device)
     cuda = device.type == "cuda"
     args = TrainingArguments(
         output_dir=str(run_dir / "trainer"),
-        per_device_train_batch_size=config.batch_size,
+        per_device_train_batch_size=per_process_batch(config.batch_size),
         learning_rate=config.lr,
         weight_decay=config.weight_decay,
         lr_scheduler_type="constant",
@@ -183,33 +188,59 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
     )
     epoch_log = run_dir / "metrics.jsonl"
     checkpoint = latest_checkpoint(run_dir / "trainer") if resume else None
-    if checkpoint is None:
-        shutil.rmtree(run_dir / "trainer", ignore_errors=True)
-        epoch_log.unlink(missing_ok=True)
-    else:
-        epoch = json.loads((checkpoint / "trainer_state.json").read_text())["epoch"]
-        lines = epoch_log.read_text().splitlines() if epoch_log.exists() else []
-        atomic_write_text(epoch_log, "".join(f"{x}\n" for x in lines if json.loads(x)["epoch"] <= round(epoch)))
-        print(f"resuming from {checkpoint} (epoch {round(epoch)})", flush=True)
+    distributed.barrier()  # every process has picked the checkpoint before the main one clears
+    if distributed.is_main():
+        if checkpoint is None:
+            shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+            epoch_log.unlink(missing_ok=True)
+        else:
+            epoch = json.loads((checkpoint / "trainer_state.json").read_text())["epoch"]
+            lines = epoch_log.read_text().splitlines() if epoch_log.exists() else []
+            atomic_write_text(epoch_log, "".join(f"{x}\n" for x in lines if json.loads(x)["epoch"] <= round(epoch)))
+            print(f"resuming from {checkpoint} (epoch {round(epoch)})", flush=True)
+    distributed.barrier()
+    logs = [EpochLog(epoch_log), TensorBoardCallback(SummaryWriter(str(run_dir / "tensorboard")))] \
+        if distributed.is_main() else []
     trainer = InfiniTrainer(
         model=model, args=args, train_dataset=data.train, data_collator=collate,
         eval_dataset=data.validation, eval_config=eval_config,
         callbacks=[ResetStreamMemory(), EarlyStoppingCallback(early_stopping_patience=config.patience),
-                   EpochLog(epoch_log), TensorBoardCallback(SummaryWriter(str(run_dir / "tensorboard"))),
-                   *callbacks],
+                   *logs, *callbacks],
     )
+    if trainer.is_deepspeed_enabled:
+        plugin = trainer.accelerator.state.deepspeed_plugin
+        print(f"DeepSpeed ZeRO stage {plugin.zero_stage} ({Path(config.deepspeed).name}) on "
+              f"{distributed.world_size()} process(es), {args.per_device_train_batch_size} samples each per step",
+              flush=True)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     elapsed = time.perf_counter() - start
     # Reload the best checkpoint with from_pretrained: the Trainer's own best-model reload
     # (transformers 5.x) skips the key renaming of GPTNeoX checkpoints (lm_head is saved as
-    # embed_out) and would leave the last epoch's output layer in the baseline.
+    # embed_out) and would leave the last epoch's output layer in the baseline. It is the
+    # whole model in every process: ZeRO-3 gathers it into model.safetensors on saving, and
+    # with the DeepSpeed config unset from_pretrained no longer partitions what it loads.
+    unset_hf_deepspeed_config()
     model = type(trainer.model).from_pretrained(trainer.state.best_model_checkpoint).to(device)
     reset_memory(model)
-    model.save_pretrained(run_dir)
-    data.tokenizer.save_pretrained(run_dir)
-    shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+    distributed.barrier()  # all have read the checkpoint before the main process removes it
+    if distributed.is_main():
+        model.save_pretrained(run_dir)
+        data.tokenizer.save_pretrained(run_dir)
+        shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+    distributed.barrier()
     return model, elapsed
+
+
+def per_process_batch(batch_size: int) -> int:
+    """Each data-parallel process's share of the global batch (ValueError if it does not divide)."""
+    from .distributed import launched_world_size
+
+    world = launched_world_size()
+    if batch_size % world:
+        raise ValueError(f"training.batch_size: {batch_size} (the global batch) does not divide among {world} "
+                         f"processes; accepted: a multiple of {world}")
+    return batch_size // world
 
 
 def windowed(data, width: int):
@@ -238,8 +269,11 @@ def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_con
     kept. With `resume`, finished stages (model saved, trainer folder gone) are loaded, not
     retrained. run_dir/metrics.jsonl gets every stage's epochs, numbered on across stages.
     Returns the last stage's model and the training time of all stages."""
-    if not resume:
+    from . import distributed
+
+    if not resume and distributed.is_main():
         shutil.rmtree(run_dir / "stages", ignore_errors=True)
+    distributed.barrier()
     records, total_time = [], 0.0
     for i, (stage, data) in enumerate(zip(config.curriculum, stages), 1):
         stage_dir = run_dir / "stages" / f"{i}-{stage['sample_len']}"
@@ -250,13 +284,17 @@ def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_con
             stage_config = dataclasses.replace(config, max_epochs=stage["max_epochs"], curriculum=())
             model, elapsed = train(model, data, stage_dir, stage_config, eval_config, device, resume=resume,
                                    callbacks=callbacks)
-            atomic_write_json(done, {"train_time_s": elapsed, **stage})
+            if distributed.is_main():
+                atomic_write_json(done, {"train_time_s": elapsed, **stage})
+            distributed.barrier()
         total_time += json.loads(done.read_text())["train_time_s"]
         offset = records[-1]["epoch"] if records else 0
         for line in (stage_dir / "metrics.jsonl").read_text().splitlines():
             m = json.loads(line)
             records.append({**m, "epoch": m["epoch"] + offset, "stage": i, "sample_len": stage["sample_len"]})
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    model.save_pretrained(run_dir)
-    stages[-1].tokenizer.save_pretrained(run_dir)
+    if distributed.is_main():
+        atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        model.save_pretrained(run_dir)
+        stages[-1].tokenizer.save_pretrained(run_dir)
+    distributed.barrier()
     return model, total_time

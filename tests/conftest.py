@@ -12,9 +12,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args, cache, cwd=REPO, module="infini_bench.run"):
-    """Run a command-line entry point in a fresh interpreter, as a user would."""
-    env = {**os.environ, "INFINI_BENCH_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+def run_cli(*args, cache, cwd=REPO, module="infini_bench.run", env=None):
+    """Run a command-line entry point in a fresh interpreter, as a user would (`env`: extra variables)."""
+    env = {**os.environ, "INFINI_BENCH_CACHE": str(cache), "PYTHONUNBUFFERED": "1", **(env or {})}
     command = [sys.executable, "-m", module, *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 

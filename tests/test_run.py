@@ -124,7 +124,7 @@ BAD_INPUTS = [
      "num_memories: expected a positive integer"),
     (lambda t: ["--suite", "smoke", "--output-dir", str(t / "a_file" / "out")], "output-dir:"),
     (lambda t: ["--suite", "smoke", "--device", "tpu"], "argument --device: invalid choice"),
-    (lambda t: ["--suite", "smoke", "--deepspeed", str(t / "nope.json")], "training.deepspeed: config file"),
+    (lambda t: ["--suite", "smoke", "--deepspeed", str(t / "nope.json")], "training.deepspeed: file"),
     (lambda t: ["--suite", "smoke", "--models", "dual-memory"], "models: unknown 'dual-memory'; accepted: "),
     (lambda t: ["--suite", "smoke", "--max-epochs", "0"], "training.max_epochs: expected a positive integer"),
     (lambda t: ["--suite", "smoke", "--seed", "forty-two"], "argument --seed: invalid int value"),

@@ -1,0 +1,190 @@
+"""Data parallelism on CPU (gloo): evaluation shared by processes counts every sample once; each
+process keeps its own stream memory; DeepSpeed ZeRO-2 training with 2 processes matches 1 process."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from conftest import REPO, run_cli
+from infini_bench import InfiniPythiaConfig, build_model
+from infini_bench.evaluation import sample_token_nll
+
+VOCAB, LENGTH = 101, 24
+CPU = torch.device("cpu")
+
+
+def tiny(memory_type: str, scope: str = "sequence"):
+    torch.manual_seed(0)
+    config = InfiniPythiaConfig.from_preset("pythia-14m", vocab_size=VOCAB, memory_type=memory_type,
+                                            memory_scope=scope, segment_len=8)
+    return build_model(config)
+
+
+MODELS = {"baseline": ("none", "sequence"), "sequence": ("single", "sequence"), "stream": ("single", "stream")}
+
+
+def samples(n: int) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, VOCAB, size=(n, LENGTH))
+
+
+def spawn(target, world: int, tmp_path: Path, *args):
+    """Run target(rank, *args) in `world` processes joined by a gloo process group."""
+    mp.spawn(_entry, args=(world, str(tmp_path / "rendezvous"), target, args), nprocs=world, join=True)
+
+
+def _entry(rank, world, rendezvous, target, args):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        target(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _score(rank, out: str, n: int, batch_size: int):
+    for name, (memory_type, scope) in MODELS.items():
+        nll = sample_token_nll(tiny(memory_type, scope).eval(), samples(n), batch_size, CPU)
+        np.save(f"{out}/{name}-rank{rank}.npy", nll)
+
+
+@pytest.mark.parametrize("world,n,batch_size", [(2, 13, 4), (3, 2, 4)])
+def test_shared_evaluation_counts_every_sample_once(tmp_path, world, n, batch_size):
+    """13 samples, batches of 4 on 2 processes (shares 6 and 7: uneven last batches), and 2
+    samples on 3 processes (one process has none): every process gets all n rows, in order."""
+    spawn(_score, world, tmp_path, str(tmp_path), n, batch_size)
+    ids = samples(n)
+    bounds = [n * r // world for r in range(world + 1)]
+    for name, (memory_type, scope) in MODELS.items():
+        gathered = [np.load(tmp_path / f"{name}-rank{r}.npy") for r in range(world)]
+        for other in gathered[1:]:
+            np.testing.assert_array_equal(other, gathered[0])
+        assert gathered[0].shape == (n, LENGTH - 1)
+        model = tiny(memory_type, scope).eval()
+        if scope == "sequence":  # rows are independent: the same as one process scoring all
+            expected = sample_token_nll(model, ids, batch_size, CPU)
+        else:  # each process streams its share through its own memory, from empty
+            expected = np.concatenate([sample_token_nll(model, ids[bounds[r]:bounds[r + 1]], batch_size, CPU)
+                                       for r in range(world)])
+        np.testing.assert_allclose(gathered[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def _train_steps(rank, out: str):
+    model = tiny("single", "stream")
+    if rank == 0:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/weights-0.safetensors")
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    generator = torch.Generator().manual_seed(100 + rank)
+    tensors = {}
+    for step in (1, 2):
+        batch = torch.randint(0, VOCAB, (3, 16), generator=generator)
+        tensors[f"batch-{step}"] = batch
+        ddp(batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if step == 1 and rank == 0:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/weights-1.safetensors")
+    (state,) = model._stream_state
+    save_file({**tensors, "memory": state.memory, "norm": state.norm}, f"{out}/rank{rank}.safetensors")
+
+
+def test_stream_memory_is_per_process_under_ddp(tmp_path):
+    """Two DDP training steps on different batches: gradients are averaged, but each process's
+    stream memory is what its own batches wrote (through the shared weights), not synchronised."""
+    spawn(_train_steps, 2, tmp_path, str(tmp_path))
+    saved = [load_file(tmp_path / f"rank{r}.safetensors") for r in range(2)]
+    assert not torch.allclose(saved[0]["memory"], saved[1]["memory"])
+    for r in range(2):
+        model = tiny("single", "stream")
+        with torch.no_grad():
+            model.load_state_dict(load_file(tmp_path / "weights-0.safetensors"))
+            model(saved[r]["batch-1"])
+            model.load_state_dict(load_file(tmp_path / "weights-1.safetensors"))
+            model(saved[r]["batch-2"])
+        (state,) = model._stream_state
+        torch.testing.assert_close(state.memory, saved[r]["memory"])
+        torch.testing.assert_close(state.norm, saved[r]["norm"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(script: str, *args, cache: Path, **env) -> subprocess.CompletedProcess:
+    """A launch/ script, with this interpreter's launchers (deepspeed, torchrun) first on PATH."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "PATH": path, "INFINI_BENCH_CACHE": str(cache), "MASTER_PORT": str(free_port()), **env}
+    result = subprocess.run(["bash", script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_two_processes_match_one(smoke, tmp_path):
+    """launch/deepspeed_cpu_smoke.sh: 2 processes, ZeRO-2, global batch 8 (4 each). The loss
+    falls, the saved model re-evaluates to the recorded metrics, and the validation PPL is
+    within 2% of the 1-process smoke run (global batch 8) of the same model."""
+    out, _ = smoke
+    result = launch("launch/deepspeed_cpu_smoke.sh", str(tmp_path), cache=out / "cache")
+    assert "DeepSpeed ZeRO stage 2 (zero2.json) on 2 process(es), 4 samples each per step" in result.stdout
+    last = result.stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"RESULT loss_first=(\S+) loss_last=(\S+) eval_match=(true|false)", last)
+    assert match, last
+    assert float(match[2]) < float(match[1]) - 0.5
+    assert match[3] == "true"
+    two = json.loads((tmp_path / "runs/smoke/single-memory/results.json").read_text())
+    one = json.loads((out / "runs/smoke/single-memory/results.json").read_text())
+    run_config = json.loads((tmp_path / "runs/smoke/single-memory/run_config.json").read_text())
+    assert run_config["data_parallel_processes"] == 2 and run_config["run"]["training"]["batch_size"] == 8
+    assert two["best_val_ppl"] == pytest.approx(one["best_val_ppl"], rel=0.02)
+    assert two["epochs_trained"] == one["epochs_trained"]
+
+
+@pytest.mark.parametrize("args,env,message", [
+    (["--deepspeed", "zero9"], {}, "training.deepspeed: unknown DeepSpeed config 'zero9'; accepted: zero1, zero2"),
+    ([], {"WORLD_SIZE": "3"}, "training.batch_size: 8 (the global batch) does not divide among 3 processes"),
+    (["--reevaluate"], {}, "reevaluate: model 'pythia-baseline' has no finished run"),
+])
+def test_bad_distributed_input(tmp_path, args, env, message):
+    result = run_cli("--suite", "smoke", "--output-dir", str(tmp_path), *args, cache=tmp_path / "cache", env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and message in result.stderr, result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_deepspeed_json(tmp_path):
+    bad = tmp_path / "ds.json"
+    bad.write_text("{\"zero_optimization\": {\"stage\": 2,}}")
+    result = run_cli("--suite", "smoke", "--output-dir", str(tmp_path), "--deepspeed", str(bad),
+                     cache=tmp_path / "cache")
+    assert result.returncode == 2 and "is not valid JSON" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(smoke, tmp_path):
+    """launch/torchrun.sh (DDP, no DeepSpeed), 2 processes: the same entry point and results
+    format, validation PPL within 2% of the 1-process run, the saved model re-evaluates equal."""
+    out, _ = smoke
+    args = ("smoke", "--models", "single-memory", "--output-dir", str(tmp_path))
+    launch("launch/torchrun.sh", *args, cache=out / "cache", NPROC="2")
+    two = json.loads((tmp_path / "runs/smoke/single-memory/results.json").read_text())
+    one = json.loads((out / "runs/smoke/single-memory/results.json").read_text())
+    assert json.loads((tmp_path / "runs/smoke/single-memory/environment.json").read_text())[
+        "data_parallel_processes"] == 2
+    assert two["best_val_ppl"] == pytest.approx(one["best_val_ppl"], rel=0.02)
+    reevaluated = launch("launch/torchrun.sh", *args, "--reevaluate", cache=out / "cache", NPROC="2")
+    assert "Single Memory: val PPL" in reevaluated.stdout and "PPLs: match" in reevaluated.stdout

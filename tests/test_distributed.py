@@ -4,9 +4,11 @@ process keeps its own stream memory; DeepSpeed ZeRO-2 training with 2 processes 
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -123,22 +125,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(script: str, *args, cache: Path, **env) -> subprocess.CompletedProcess:
-    """A launch/ script, with this interpreter's launchers (deepspeed, torchrun) first on PATH."""
+def launcher_env(cache: Path, **env) -> dict:
+    """This interpreter's launchers (deepspeed, torchrun) first on PATH, a free port."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    env = {**os.environ, "PATH": path, "INFINI_BENCH_CACHE": str(cache), "MASTER_PORT": str(free_port()), **env}
-    result = subprocess.run(["bash", script, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+    return {**os.environ, "PATH": path, "INFINI_BENCH_CACHE": str(cache), "MASTER_PORT": str(free_port()), **env}
+
+
+def launch(script: str, *args, cache: Path, **env) -> subprocess.CompletedProcess:
+    result = subprocess.run(["bash", script, *args], cwd=REPO, env=launcher_env(cache, **env), capture_output=True,
+                            text=True, timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
+@pytest.fixture(scope="module")
+def zero2(smoke, tmp_path_factory):
+    """launch/deepspeed_cpu_smoke.sh, run once: (output folder, completed process)."""
+    out = tmp_path_factory.mktemp("zero2")
+    return out, launch("launch/deepspeed_cpu_smoke.sh", str(out), cache=smoke[0] / "cache")
+
+
 @pytest.mark.slow
-def test_deepspeed_zero2_two_processes_match_one(smoke, tmp_path):
+def test_deepspeed_zero2_two_processes_match_one(smoke, zero2):
     """launch/deepspeed_cpu_smoke.sh: 2 processes, ZeRO-2, global batch 8 (4 each). The loss
     falls, the saved model re-evaluates to the recorded metrics, and the validation PPL is
     within 2% of the 1-process smoke run (global batch 8) of the same model."""
     out, _ = smoke
-    result = launch("launch/deepspeed_cpu_smoke.sh", str(tmp_path), cache=out / "cache")
+    tmp_path, result = zero2
     assert "DeepSpeed ZeRO stage 2 (zero2.json) on 2 process(es), 4 samples each per step" in result.stdout
     last = result.stdout.strip().splitlines()[-1]
     match = re.fullmatch(r"RESULT loss_first=(\S+) loss_last=(\S+) eval_match=(true|false)", last)
@@ -151,6 +164,34 @@ def test_deepspeed_zero2_two_processes_match_one(smoke, tmp_path):
     assert run_config["data_parallel_processes"] == 2 and run_config["run"]["training"]["batch_size"] == 8
     assert two["best_val_ppl"] == pytest.approx(one["best_val_ppl"], rel=0.02)
     assert two["epochs_trained"] == one["epochs_trained"]
+
+
+@pytest.mark.slow
+def test_deepspeed_run_killed_then_resumed_equals_uninterrupted(smoke, zero2, tmp_path):
+    """The smoke script's training killed (every process, SIGKILL) once its epoch-1 checkpoint
+    (DeepSpeed's optimizer shards included) is complete; the same command resumes from it and
+    ends where the uninterrupted run did."""
+    cache, (reference, _) = smoke[0] / "cache", zero2
+    trainer = tmp_path / "runs/smoke/single-memory/trainer"
+    process = subprocess.Popen(["bash", "launch/deepspeed_cpu_smoke.sh", str(tmp_path)], cwd=REPO,
+                               env=launcher_env(cache), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not list(trainer.glob("checkpoint-*/trainer_state.json")):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "runs/smoke/single-memory/results.json").exists()
+    result = launch("launch/deepspeed_cpu_smoke.sh", str(tmp_path), cache=cache)
+    assert re.search(r"resuming from .*/trainer/checkpoint-\d+ \(epoch 1\)", result.stdout)
+    assert result.stdout.strip().endswith("eval_match=true")
+    ours = json.loads((tmp_path / "runs/smoke/single-memory/results.json").read_text())
+    theirs = json.loads((reference / "runs/smoke/single-memory/results.json").read_text())
+    for key in ("best_val_ppl", "best_epoch", "epochs_trained"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-6), key
+    assert [c["val_ppl"] for c in ours["curve"]] == pytest.approx([c["val_ppl"] for c in theirs["curve"]], rel=1e-6)
 
 
 @pytest.mark.parametrize("args,env,message", [

@@ -49,6 +49,52 @@ def flops_per_token(model, seq: int) -> float:
     return flops
 
 
+def train_step(model, optimizer, batch, device) -> float:
+    """One AdamW step (bf16 autocast on CUDA, clipping at 1.0); its wall time in seconds."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        loss = model(batch, labels=batch).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench_preset(preset: str, args, device: torch.device, peak: float | None) -> list[str]:
+    """Time the variants at one preset's dims, print a row each; their RESULT entries."""
+    torch.manual_seed(0)
+    models, optimizers = {}, {}
+    for name, overrides in VARIANTS.items():
+        config = InfiniPythiaConfig.from_preset(preset, memory_scope="sequence", segment_len=args.segment, **overrides)
+        models[name] = build_model(config).to(device).train()
+        optimizers[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-4, fused=device.type == "cuda")
+    batch = torch.randint(0, models["gptneox"].config.vocab_size, (args.batch, args.seq), device=device)
+    for name in models:  # warm-up: kernels chosen, optimizer state made
+        for _ in range(2):
+            train_step(models[name], optimizers[name], batch, device)
+    times = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name in models:
+            times[name].append(train_step(models[name], optimizers[name], batch, device))
+    tps = {name: args.batch * args.seq / statistics.median(t) for name, t in times.items()}
+    results = []
+    for name, model in models.items():
+        achieved = tps[name] * flops_per_token(model, args.seq)
+        mfu = f"{achieved / peak:.1%}" if peak else "n/a"
+        params = sum(p.numel() for p in model.parameters())
+        print(f"{preset:<13}{name:<10}{params / 1e6:>9.1f}M{tps[name]:>12,.0f}{achieved / 1e12:>9.1f}{mfu:>8}"
+              f"{tps[name] / tps['gptneox']:>12.3f}", flush=True)
+        if name != "gptneox":
+            results.append(f"{preset.replace('pythia-', 'p')}_{name}_vs_gptneox={tps[name] / tps['gptneox']:.3f}")
+    return results
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="pythia-70m,pythia-160m")
@@ -73,50 +119,10 @@ def main():
     print(f"{'preset':<13}{'model':<10}{'params':>10}{'tokens/s':>12}{'TFLOPS':>9}{'MFU':>8}{'vs gptneox':>12}")
     results = []
     for preset in args.presets.split(","):
-        torch.manual_seed(0)
-        models, optimizers = {}, {}
-        for name, overrides in VARIANTS.items():
-            config = InfiniPythiaConfig.from_preset(preset, memory_scope="sequence", segment_len=args.segment,
-                                                    **overrides)
-            models[name] = build_model(config).to(device).train()
-            optimizers[name] = torch.optim.AdamW(models[name].parameters(), lr=1e-4, fused=cuda)
-        batch = torch.randint(0, models["gptneox"].config.vocab_size, (args.batch, args.seq), device=device)
-
-        def step(name):
-            model, optimizer = models[name], optimizers[name]
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = model(batch, labels=batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if cuda:
-                torch.cuda.synchronize()
-            return time.perf_counter() - start
-
-        for name in models:  # warm-up: kernels chosen, optimizer state made
-            step(name)
-            step(name)
-        times = {name: [] for name in models}
-        for _ in range(args.rounds):
-            for name in models:
-                times[name].append(step(name))
-        tokens = args.batch * args.seq
-        tps = {name: tokens / statistics.median(t) for name, t in times.items()}
-        for name, model in models.items():
-            achieved = tps[name] * flops_per_token(model, args.seq)
-            mfu = f"{achieved / peak:.1%}" if peak else "n/a"
-            params = sum(p.numel() for p in model.parameters())
-            print(f"{preset:<13}{name:<10}{params / 1e6:>9.1f}M{tps[name]:>12,.0f}{achieved / 1e12:>9.1f}{mfu:>8}"
-                  f"{tps[name] / tps['gptneox']:>12.3f}", flush=True)
-            results.append(f"{preset.replace('pythia-', 'p')}_{name}_vs_gptneox={tps[name] / tps['gptneox']:.3f}")
-        del models, optimizers
+        results += bench_preset(preset, args, device, peak)
         if cuda:
             torch.cuda.empty_cache()
-    print("RESULT " + " ".join(r for r in results if "_gptneox_vs" not in r))
+    print("RESULT " + " ".join(results))
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ def sample_token_nll(model, input_ids, batch_size: int, device, autocast_dtype=N
     model.eval()
     reset_memory(model)
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
-    mine, largest = share(len(ids))
-    mine = ids[mine.start:mine.stop]
+    own, largest = share(len(ids))
+    mine = ids[own.start:own.stop]
     out = [np.empty((0, ids.shape[1] - 1))]
     for start in range(0, largest, batch_size):
         batch = mine[start:start + batch_size]

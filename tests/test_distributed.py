@@ -18,9 +18,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO, run_cli
+from conftest import REPO
 from infini_bench import InfiniPythiaConfig, build_model
 from infini_bench.evaluation import sample_token_nll
+from infini_bench.run import main
 
 VOCAB, LENGTH = 101, 24
 CPU = torch.device("cpu")
@@ -194,25 +195,14 @@ def test_deepspeed_run_killed_then_resumed_equals_uninterrupted(smoke, zero2, tm
     assert [c["val_ppl"] for c in ours["curve"]] == pytest.approx([c["val_ppl"] for c in theirs["curve"]], rel=1e-6)
 
 
-@pytest.mark.parametrize("args,env,message", [
-    (["--deepspeed", "zero9"], {}, "training.deepspeed: unknown DeepSpeed config 'zero9'; accepted: zero1, zero2"),
-    ([], {"WORLD_SIZE": "3"}, "training.batch_size: 8 (the global batch) does not divide among 3 processes"),
-    (["--reevaluate"], {}, "reevaluate: model 'pythia-baseline' has no finished run"),
-])
-def test_bad_distributed_input(tmp_path, args, env, message):
-    result = run_cli("--suite", "smoke", "--output-dir", str(tmp_path), *args, cache=tmp_path / "cache", env=env)
-    assert result.returncode == 2
-    assert result.stderr.strip().count("\n") == 0 and message in result.stderr, result.stderr
-    assert not (tmp_path / "runs").exists()
-
-
-def test_bad_deepspeed_json(tmp_path):
-    bad = tmp_path / "ds.json"
-    bad.write_text("{\"zero_optimization\": {\"stage\": 2,}}")
-    result = run_cli("--suite", "smoke", "--output-dir", str(tmp_path), "--deepspeed", str(bad),
-                     cache=tmp_path / "cache")
-    assert result.returncode == 2 and "is not valid JSON" in result.stderr
-    assert result.stderr.strip().count("\n") == 0
+def test_global_batch_that_does_not_divide_among_the_processes(tmp_path, monkeypatch, capsys):
+    """Under a launcher of 3 processes the smoke suite's global batch of 8 is refused up front."""
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert main(["--suite", "smoke", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: training.batch_size: 8 (the global batch) does not divide among 3 processes; "
+                   "accepted: a multiple of 3")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

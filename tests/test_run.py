@@ -125,6 +125,10 @@ BAD_INPUTS = [
     (lambda t: ["--suite", "smoke", "--output-dir", str(t / "a_file" / "out")], "output-dir:"),
     (lambda t: ["--suite", "smoke", "--device", "tpu"], "argument --device: invalid choice"),
     (lambda t: ["--suite", "smoke", "--deepspeed", str(t / "nope.json")], "training.deepspeed: file"),
+    (lambda t: ["--suite", "smoke", "--deepspeed", "zero9"],
+     "training.deepspeed: unknown DeepSpeed config 'zero9'; accepted: zero1, zero2, zero3, zero3_offload"),
+    (lambda t: ["--suite", "smoke", "--deepspeed", bad_deepspeed_json(t)], "is not valid JSON"),
+    (lambda t: ["--suite", "smoke", "--reevaluate"], "reevaluate: model 'pythia-baseline' has no finished run"),
     (lambda t: ["--suite", "smoke", "--models", "dual-memory"], "models: unknown 'dual-memory'; accepted: "),
     (lambda t: ["--suite", "smoke", "--max-epochs", "0"], "training.max_epochs: expected a positive integer"),
     (lambda t: ["--suite", "smoke", "--seed", "forty-two"], "argument --seed: invalid int value"),
@@ -146,6 +150,12 @@ BAD_INPUTS = [
     (lambda t: ["--suite", broken_checkpoint(t, truncate=True)], "checkpoint: "),
     (lambda t: ["--suite", broken_checkpoint(t, truncate=False)], "is truncated or corrupted"),
 ]
+
+
+def bad_deepspeed_json(tmp_path) -> str:
+    path = tmp_path / "ds.json"
+    path.write_text('{"zero_optimization": {"stage": 2,}}')
+    return str(path)
 
 
 def broken_checkpoint(tmp_path, truncate: bool):

@@ -13,7 +13,7 @@ __all__ = sorted(_MODELS)
 
 def __getattr__(name):
     if name in _MODELS:
-        from . import models
+        from . import models  # deferred: `import infini_bench` stays cheap (no torch)
 
         return getattr(models, name)
     raise AttributeError(f"module 'infini_bench' has no attribute {name!r}")

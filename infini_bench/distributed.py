@@ -14,6 +14,7 @@ from datetime import timedelta
 import numpy as np
 import torch
 import torch.distributed as dist
+from accelerate import PartialState
 
 # Ranks wait for the main process while it alone runs the evaluations that are not shared
 # (reversal, pass-key grid, long-document PPL): minutes at reference scale, hence a long timeout.
@@ -28,8 +29,6 @@ def launched_world_size() -> int:
 def init(device: torch.device):
     """Join the launcher's process group (no-op for a single process or when already joined)."""
     if launched_world_size() > 1 and not dist.is_initialized():
-        from accelerate import PartialState
-
         PartialState(cpu=device.type == "cpu", timeout=TIMEOUT)
 
 

@@ -15,7 +15,12 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-REFERENCE_BINS = (0, 16, 32, 64, 96)
+from .config import NUM_DISTRACTORS, PASSKEY_DEPTHS, REFERENCE_BINS
+from .data.passkey import passkey_documents
+from .data.reversal import distractors
+from .data.tokenizer import encode_long
+from .distributed import gather_rows, share
+
 SCORE_ROWS = 128  # positions log-softmaxed at once when streaming (keeps vocab-sized buffers small)
 
 
@@ -38,8 +43,6 @@ def sample_token_nll(model, input_ids, batch_size: int, device, autocast_dtype=N
     in order, every sample once. Every process makes as many forward calls as the largest
     share needs (a short share repeats a batch and drops its result): ZeRO-3 gathers the
     parameters inside each call, from all processes at once."""
-    from .distributed import gather_rows, share
-
     model.eval()
     reset_memory(model)
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
@@ -75,7 +78,6 @@ def lm_metrics(nll: np.ndarray, recall: np.ndarray | None, bins=REFERENCE_BINS, 
         target_recall = np.asarray(recall)[:, 1:].astype(bool)
         metrics["recall_tokens"] = int(target_recall.sum())
         metrics["recall_ppl"] = math.exp(nll[target_recall].mean()) if target_recall.any() else None
-        metrics["nonrecall_ppl"] = math.exp(nll[~target_recall].mean())
     label_end = sample_len or nll.shape[1] + 1
     positions = {}
     for start, end in bin_edges(bins, nll.shape[1]):
@@ -218,8 +220,6 @@ def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None):
 def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int], int]:
     """lm-eval's causal encoding: encode the whole text, split where the context's encoding ends;
     an empty context becomes the EOS token."""
-    from .data.tokenizer import encode_long
-
     if not context:
         return [tokenizer.eos_token_id] + encode_long(tokenizer, continuation), 1
     return encode_long(tokenizer, context + continuation), len(encode_long(tokenizer, context))
@@ -241,11 +241,9 @@ def sentence_ppl(model, tokenizer, sentences, batch_size: int, device, autocast_
     return math.exp(np.mean([-lp.mean() for lp, _ in scored]))
 
 
-def reversal_metrics(model, tokenizer, facts, num_distractors: int = 10, batch_size: int = 16, device="cpu",
-                     autocast_dtype=None, seed: int = 0) -> dict:
+def reversal_metrics(model, tokenizer, facts, num_distractors: int = NUM_DISTRACTORS, batch_size: int = 16,
+                     device="cpu", autocast_dtype=None, seed: int = 0) -> dict:
     """Forward / backward sentence PPL (reference definition) and ranking accuracy."""
-    from .data.reversal import distractors
-
     device = torch.device(device)
     metrics = {"facts": len(facts), "distractors": num_distractors}
     for direction in ("forward", "backward"):
@@ -274,14 +272,12 @@ def context_limit(model) -> int | None:
     return None if hasattr(model, "empty_memory") else model.config.max_position_embeddings
 
 
-def passkey_grid(model, tokenizer, lengths, depths, docs_per_depth: int = 1, device="cpu", autocast_dtype=None,
-                 seed: int = 0) -> dict:
+def passkey_grid(model, tokenizer, lengths, depths=PASSKEY_DEPTHS, docs_per_depth: int = 1, device="cpu",
+                 autocast_dtype=None, seed: int = 0) -> dict:
     """Pass-key accuracy for each length x depth, on the documents of the `infini_passkey` tasks
     and scored as their lm-eval request is (the key's tokens all greedy), with the key's mean
     log-probability (which shows partial retrieval before accuracy does). Lengths beyond a
     model's context are not scored: their cells are None and `context_limit` says why."""
-    from .data.passkey import passkey_documents
-
     device = torch.device(device)
     limit = context_limit(model)
     accuracy, logprob = {}, {}

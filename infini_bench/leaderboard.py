@@ -5,17 +5,22 @@ rebuilt at any time (`python -m infini_bench.leaderboard <output-dir> <suite>`) 
 finishing together cannot lose each other's rows.
 """
 
-import argparse
 import fcntl
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
+import matplotlib
+import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
+from .cli import ArgumentParser, fail
 from .io import atomic_write_text
-from .run import last_stage
+from .stats import mean_ci
+from .suites import find_suite, read_suite
 
 
 def load_results(runs_dir: Path) -> list[dict]:
@@ -45,7 +50,7 @@ def summary_table(results):
             "model": r["model"],
             "best val PPL": _fmt(r["best_val_ppl"], 2),
             "95% CI (bootstrap)": f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "—",
-            "best epoch": min(last_stage(r["curve"]), key=lambda c: c["val_ppl"])["epoch"],
+            "best epoch": r["best_epoch"],
             "epochs run": r["epochs_trained"],
             "recall-token PPL": _fmt(r["validation"].get("recall_ppl"), 2),
             "memory state": _kilobytes(r["memory_bytes"]),
@@ -144,6 +149,12 @@ def _markdown(df):
     return df.to_markdown(index=False, disable_numparse=True)
 
 
+def _figure(figsize) -> tuple[Figure, object]:
+    """A figure with one axes, drawn off screen (no pyplot, no global backend)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
+
+
 def _save_png(fig, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
@@ -156,13 +167,8 @@ def _save_png(fig, path: Path):
 
 
 def plot(results, plot_dir: Path, suite: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths = []
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure((7, 4.5))
     for r in results:
         epochs = [c["epoch"] for c in r["curve"]]
         line, = ax.plot(epochs, [c["val_ppl"] for c in r["curve"]], marker="o", label=f"{r['model']} val")
@@ -172,9 +178,8 @@ def plot(results, plot_dir: Path, suite: str) -> list[Path]:
     ax.legend(fontsize=7)
     paths.append(plot_dir / f"{suite}-learning-curves.png")
     _save_png(fig, paths[-1])
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure((7, 4.5))
     for r in results:
         bins = _by_start(r["validation"]["position_ppl"])
         ax.plot(bins, [r["validation"]["position_ppl"][b] for b in bins], marker="o", label=r["model"])
@@ -182,24 +187,17 @@ def plot(results, plot_dir: Path, suite: str) -> list[Path]:
     ax.legend(fontsize=8)
     paths.append(plot_dir / f"{suite}-position-ppl.png")
     _save_png(fig, paths[-1])
-    plt.close(fig)
     return paths
 
 
 def plot_passkey(results, plot_dir: Path, suite: str) -> dict:
     """A needle-in-a-haystack heatmap per model (depth x length, accuracy); grey = beyond context."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     paths = {}
     for r in results:
         grid = r["passkey"]
         values = np.array([[grid["accuracy"][str(n)][str(d)] if grid["accuracy"][str(n)][str(d)] is not None
                             else np.nan for n in grid["lengths"]] for d in grid["depths"]], dtype=float)
-        fig, ax = plt.subplots(figsize=(1.1 * len(grid["lengths"]) + 2, 0.55 * len(grid["depths"]) + 1.5))
+        fig, ax = _figure((1.1 * len(grid["lengths"]) + 2, 0.55 * len(grid["depths"]) + 1.5))
         cmap = matplotlib.colormaps["RdYlGn"].copy()
         cmap.set_bad("lightgrey")
         image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
@@ -212,17 +210,11 @@ def plot_passkey(results, plot_dir: Path, suite: str) -> dict:
         fig.colorbar(image, ax=ax, label="accuracy")
         paths[r["model"]] = plot_dir / f"{suite}-passkey-{r['slug']}.png"
         _save_png(fig, paths[r["model"]])
-        plt.close(fig)
     return paths
 
 
 def plot_long_ppl(results, plot_dir: Path, suite: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = _figure((7, 4.5))
     for r in results:
         buckets = r["long_ppl"]["position_ppl"]
         points = [(int(b.split("-")[1]), buckets[b]) for b in _by_start(buckets) if buckets[b] is not None]
@@ -232,7 +224,6 @@ def plot_long_ppl(results, plot_dir: Path, suite: str) -> Path:
     ax.legend(fontsize=8)
     path = plot_dir / f"{suite}-long-ppl.png"
     _save_png(fig, path)
-    plt.close(fig)
     return path
 
 
@@ -240,7 +231,10 @@ def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, descrip
     """Rebuild `leaderboard/<suite>.md` and its plots from every results.json of the suite.
 
     Reading the results and writing the files happen under an exclusive lock, so of two runs
-    finishing together the later rebuild sees both results."""
+    finishing together the later rebuild sees both results. None (and nothing written) if the
+    suite has no results yet."""
+    if not any(Path(runs_dir).glob("*/results.json")):
+        return None
     leaderboard_dir = Path(leaderboard_dir)
     leaderboard_dir.mkdir(parents=True, exist_ok=True)
     with open(leaderboard_dir / f".{suite}.lock", "w") as lock:
@@ -255,19 +249,6 @@ SEED_METRICS = {  # label: (getter, digits)
     "backward acc": (lambda r: r.get("reversal", {}).get("backward_acc"), 3),
     "backward PPL": (lambda r: r.get("reversal", {}).get("backward_ppl"), 1),
 }
-
-
-def mean_ci(values) -> tuple[float, float, int]:
-    """Mean, half-width of its 95% t-interval (nan for one value), n."""
-    import numpy as np
-    from scipy import stats
-
-    values = np.asarray([v for v in values if v is not None], dtype=float)
-    n = len(values)
-    if n < 2:
-        return (float(values.mean()) if n else float("nan")), float("nan"), n
-    half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
-    return float(values.mean()), float(half), n
 
 
 def _pm(mean, half, digits):
@@ -375,27 +356,6 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, reference=
     return path
 
 
-def main():
-    parser = argparse.ArgumentParser(description="Rebuild a suite's leaderboard from its results.json files")
-    parser.add_argument("output_dir")
-    parser.add_argument("suite")
-    args = parser.parse_args()
-    root = Path(args.output_dir)
-    try:  # the suite file's description, as a suite run writes it
-        import yaml
-
-        from .suites import find_suite
-
-        description = yaml.safe_load(find_suite(args.suite).read_text()).get("description", "")
-    except (ValueError, OSError):
-        description = ""
-    print(write_leaderboard(root / "runs" / args.suite, root / "leaderboard", args.suite, description))
-
-
-if __name__ == "__main__":
-    main()
-
-
 SWEEP_METRICS = {  # file-name stem: (label, getter, digits, lower is better)
     "val-ppl": ("best val PPL", lambda r: r["best_val_ppl"], 2, True),
     "recall-ppl": ("recall-token PPL", lambda r: r["validation"].get("recall_ppl"), 2, True),
@@ -432,19 +392,13 @@ def sweep_table(trials, runs: dict):
 
 def plot_sweep(trials, runs: dict, plot_dir: Path, name: str) -> list[Path]:
     """A heatmap per metric over (num_memories, lr), one panel per memory type; blank = no result."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
     memories = sorted({t.get("num_memories") for t in trials}, key=lambda v: (v is None, v))
     rates = sorted({t.get("lr") for t in trials}, key=lambda v: (v is None, v))
     types = sorted({t.get("memory_type") or "" for t in trials})
     paths = []
     for stem, (label, get, digits, lower) in SWEEP_METRICS.items():
-        fig, axes = plt.subplots(1, len(types), figsize=(1.3 * len(rates) + 2.5, 0.5 * len(memories) + 1.8),
-                                 squeeze=False)
+        fig = Figure(figsize=(1.3 * len(rates) + 2.5, 0.5 * len(memories) + 1.8))
+        axes = fig.subplots(1, len(types), squeeze=False)
         for ax, kind in zip(axes[0], types):
             values = np.full((len(memories), len(rates)), np.nan)
             for t in trials:
@@ -464,7 +418,6 @@ def plot_sweep(trials, runs: dict, plot_dir: Path, name: str) -> list[Path]:
             fig.colorbar(image, ax=ax)
         paths.append(plot_dir / f"{name}-{stem}.png")
         _save_png(fig, paths[-1])
-        plt.close(fig)
     return paths
 
 
@@ -490,3 +443,25 @@ def write_sweep_leaderboard(trials, root: Path, leaderboard_dir: Path, name: str
     path = leaderboard_dir / f"{name}.md"
     atomic_write_text(path, "\n".join(lines))
     return path
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog="python -m infini_bench.leaderboard",
+                            description="Rebuild a suite's leaderboard from its results.json files")
+    parser.add_argument("output_dir", help="the folder a suite run wrote (its runs/ and leaderboard/)")
+    parser.add_argument("suite", help="suite name (runs/<suite>/)")
+    args = parser.parse_args(argv)
+    root = Path(args.output_dir)
+    runs = root / "runs" / args.suite
+    if not load_results(runs):
+        fail(f"output_dir: no results of suite {args.suite!r} in {runs} (no <model>/results.json)")
+    try:  # the suite file's description, as a suite run writes it
+        description = read_suite(find_suite(args.suite)).get("description", "")
+    except ValueError:
+        description = ""
+    print(write_leaderboard(runs, root / "leaderboard", args.suite, description))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,12 @@ import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from . import models  # noqa: F401  (registers infini_pythia with the Auto classes)
+from .data.tokenizer import encode_long
+from .evaluation import greedy_generate, score_tokens
+from .training import pick_device
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -26,11 +32,6 @@ class InfiniPythiaLM(TemplateLM):
                  device: str | None = "auto", dtype: str = "float32", batch_size: int | str = 8,
                  max_gen_toks: int = 256, **kwargs):
         super().__init__()
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-        from . import models  # noqa: F401  (registers infini_pythia with the Auto classes)
-        from .training import pick_device
-
         if dtype not in DTYPES:
             raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
         config = AutoConfig.from_pretrained(pretrained)
@@ -79,8 +80,6 @@ class InfiniPythiaLM(TemplateLM):
         return self.pretrained
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
-        from .data.tokenizer import encode_long
-
         if add_special_tokens:
             return self.tokenizer(string, add_special_tokens=True)["input_ids"]
         return encode_long(self.tokenizer, string)  # flat memory for million-token documents
@@ -89,8 +88,6 @@ class InfiniPythiaLM(TemplateLM):
         return self.tokenizer.decode(tokens)
 
     def _score(self, rows, disable_tqdm=True):
-        from .evaluation import score_tokens
-
         results = []
         batch = max(self.batch_size * 16, 64)  # progress in steps; score_tokens batches inside
         for start in tqdm(range(0, len(rows), batch), disable=disable_tqdm, desc="scoring"):
@@ -135,8 +132,6 @@ class InfiniPythiaLM(TemplateLM):
         return totals
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from .evaluation import greedy_generate
-
         out = []
         for request in tqdm(requests, disable=disable_tqdm, desc="generating"):
             context, gen_kwargs = request.args

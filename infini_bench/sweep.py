@@ -3,7 +3,7 @@
     python -m infini_bench.sweep --config configs/sweeps/smoke.yaml [--resume] [--output-dir .]
     python -m infini_bench.run --suite sweep          # configs/sweeps/default.yaml
 
-Each trial is the suite's own training and evaluation (`run.run_model`, the same run directory
+Each trial is the suite's own training and evaluation (`pipeline.run_model`, the same run directory
 and results.json as a suite run), reporting validation metrics to Tune at every epoch; ASHA can
 stop weak trials early. Trials run in a local Ray instance, or on a cluster when RAY_ADDRESS is
 set. A failed trial is reported with its error and the others finish (exit status 1: partial
@@ -22,12 +22,26 @@ Sweep file (configs/sweeps/<name>.yaml):
 
 import dataclasses
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
+from transformers import TrainerCallback
+
+from .cli import ArgumentParser
+from .io import atomic_write_json
+from .leaderboard import write_sweep_leaderboard
+from .paths import check_writable, find_config
+from .pipeline import environment, prepare_suite_data, run_model
+from .suites import ModelSpec, load_run_config
+from .training import pick_device
+
+# Ray itself is imported inside the functions that use it: importing it takes seconds, and
+# `python -m infini_bench.run` (which imports this module) needs it only for `--suite sweep`.
 
 GRID_KEYS = ("memory_type", "num_memories", "lr")
 SWEEP_KEYS = {"name", "description", "suite", "model", "grid", "scheduler", "resources", "max_epochs"}
@@ -56,8 +70,6 @@ class SweepConfig:
 
 def load_sweep(name: str) -> SweepConfig:
     """Read and validate a sweep file; raises ValueError naming the bad field."""
-    from .suites import find_config
-
     path = find_config("sweeps", name, "config", "sweep ")
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
@@ -102,8 +114,6 @@ def trial_name(params: dict) -> str:
 
 def trial_run_config(sweep: SweepConfig, params: dict, device: str, output_dir: str):
     """The suite's RunConfig for one trial: one model, the trial's lr, runs under runs/sweeps/<name>."""
-    from .suites import ModelSpec, load_run_config
-
     config = load_run_config(sweep.suite, device, output_dir=output_dir, max_epochs=sweep.max_epochs)
     overrides = {**config.model_defaults, **sweep.model, **{k: v for k, v in params.items() if k != "lr"}}
     spec = ModelSpec(trial_name(params), overrides)
@@ -121,32 +131,27 @@ def _report(metrics: dict):
     tune.report({k: v for k, v in metrics.items() if v is not None})
 
 
-def tune_callback():
-    """A Trainer callback reporting each epoch's validation metrics to Tune (ASHA decides on them)."""
-    from transformers import TrainerCallback
+class ReportToTune(TrainerCallback):
+    """Reports each epoch's validation metrics to Tune (ASHA decides on them)."""
 
-    class ReportToTune(TrainerCallback):
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            _report({"epoch": round(state.epoch or 0), "val_ppl": metrics["eval_ppl"],
-                     "recall_ppl": metrics.get("eval_recall_ppl")})
-
-    return ReportToTune()
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        _report({"epoch": round(state.epoch or 0), "val_ppl": metrics["eval_ppl"],
+                 "recall_ppl": metrics.get("eval_recall_ppl")})
 
 
 def run_trial(params: dict, sweep: SweepConfig, output_dir: str, device: str):
-    """One trial in a Ray worker: the suite's training and evaluation of one model."""
-    import torch
-
-    from .run import environment, prepare_suite_data, run_model
-    from .training import pick_device
+    """One trial in a Ray worker: the suite's training and evaluation of one model; its last
+    report names the Ray node it ran on."""
+    import ray
 
     torch.set_num_threads(max(1, int(sweep.resources["cpu"])))
     config = trial_run_config(sweep, params, device, output_dir)
     data, stages = prepare_suite_data(config)
     results = run_model(config, config.models[0], data, pick_device(device), environment(), stages=stages,
-                        callbacks=[tune_callback()])
+                        callbacks=[ReportToTune()])
     _report({"epoch": results["epochs_trained"], "val_ppl": results["best_val_ppl"],
-             "recall_ppl": results["validation"].get("recall_ppl"), "final": True})
+             "recall_ppl": results["validation"].get("recall_ppl"), "final": True,
+             "node": ray.get_runtime_context().get_node_id()})
 
 
 def _scheduler(sweep: SweepConfig):
@@ -167,14 +172,8 @@ def _error_line(error) -> str:
 
 def run_sweep(sweep: SweepConfig, output_dir: Path, resume: bool = False) -> tuple[Path, int]:
     """Run (or resume) the sweep; returns the leaderboard path and the number of failed trials."""
-    import shutil
-
     import ray
     from ray import tune
-
-    from .io import atomic_write_json
-    from .leaderboard import write_sweep_leaderboard
-    from .run import prepare_suite_data
 
     device = "cuda" if sweep.resources["gpu"] else "cpu"
     root = output_dir / "runs" / "sweeps" / sweep.name
@@ -208,7 +207,7 @@ def run_sweep(sweep: SweepConfig, output_dir: Path, resume: bool = False) -> tup
         trials.append({"trial": trial_name(params), **params,
                        "error": _error_line(result.error) if result.error else None,
                        "last_reported": {k: v for k, v in (result.metrics or {}).items()
-                                         if k in ("epoch", "val_ppl", "recall_ppl")}})
+                                         if k in ("epoch", "val_ppl", "recall_ppl", "node")}})
     order = {trial_name(p): i for i, p in enumerate(sweep.trials())}
     trials.sort(key=lambda t: order.get(t["trial"], len(order)))
     atomic_write_json(root / "trials.json", trials)
@@ -218,9 +217,7 @@ def run_sweep(sweep: SweepConfig, output_dir: Path, resume: bool = False) -> tup
 
 
 def parse_args(argv=None):
-    from .run import _Parser
-
-    parser = _Parser(prog="python -m infini_bench.sweep", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m infini_bench.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="sweep name (configs/sweeps/<name>.yaml) or a YAML path")
     parser.add_argument("--output-dir", default=".", help="runs/sweeps/ and leaderboard/sweeps/ are written here")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted sweep (Tuner.restore)")
@@ -231,9 +228,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         sweep = load_sweep(args.config)
-        from .suites import _check_writable
-
-        _check_writable(Path(args.output_dir))
+        check_writable(Path(args.output_dir))
         experiment = Path(args.output_dir).resolve() / "runs" / "sweeps" / sweep.name / "tune"
         if args.resume and not experiment.is_dir():
             raise ValueError(f"resume: no sweep {sweep.name!r} to resume in {experiment.parent}")

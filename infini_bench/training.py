@@ -10,45 +10,19 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
+from torch.utils.tensorboard import SummaryWriter
 from transformers import EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.integrations import TensorBoardCallback
 from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-from .evaluation import REFERENCE_BINS, lm_metrics, reset_memory, sample_token_nll
+from . import distributed
+from .config import EvalConfig, TrainConfig
+from .evaluation import lm_metrics, reset_memory, sample_token_nll
 from .io import append_jsonl, atomic_write_json, atomic_write_text
-
-
-@dataclass
-class TrainConfig:
-    lr: float = 1e-4
-    batch_size: int = 8            # global: split over the data-parallel processes
-    max_epochs: int = 30
-    patience: int = 1
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.01     # torch's AdamW default, as in the reference
-    seed: int = 42
-    logging_steps: int = 50
-    deepspeed: str | None = None
-    # Length curriculum: stages {sample_len, num_samples, max_epochs} trained in order (short
-    # first), each from the model the previous one left; empty: one stage on the data section.
-    curriculum: tuple = ()
-
-
-@dataclass
-class EvalConfig:
-    batch_size: int = 16
-    position_bins: tuple = REFERENCE_BINS
-    num_distractors: int = 10
-    reversal: bool = True                      # reversal-curse metrics
-    passkey_lengths: tuple = ()                # pass-key grid: lengths x depths, docs per cell
-    passkey_depths: tuple = (0, 25, 50, 75, 100)
-    passkey_docs: int = 1
-    long_ppl_length: int = 0                   # one document of this many tokens, PPL by position bucket
-    long_ppl_bins: tuple = ()
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -133,8 +107,6 @@ def latest_checkpoint(trainer_dir: Path) -> Path | None:
 
 def check_checkpoint(checkpoint: Path):
     """Raise ValueError (one line, naming the file) if a checkpoint cannot be resumed from."""
-    from safetensors.torch import load_file
-
     try:
         json.loads((checkpoint / "trainer_state.json").read_text())
         load_file(checkpoint / "model.safetensors")
@@ -154,10 +126,6 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
     Under a launcher (DeepSpeed, torchrun) every process calls this; `config.batch_size` is the
     global batch, each process takes its share, and only the main process writes files.
     Returns the best model and the training time of this call."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from . import distributed
-
     distributed.init(device)
     cuda = device.type == "cuda"
     args = TrainingArguments(
@@ -234,9 +202,7 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
 
 def per_process_batch(batch_size: int) -> int:
     """Each data-parallel process's share of the global batch (ValueError if it does not divide)."""
-    from .distributed import launched_world_size
-
-    world = launched_world_size()
+    world = distributed.launched_world_size()
     if batch_size % world:
         raise ValueError(f"training.batch_size: {batch_size} (the global batch) does not divide among {world} "
                          f"processes; accepted: a multiple of {world}")
@@ -269,8 +235,6 @@ def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_con
     kept. With `resume`, finished stages (model saved, trainer folder gone) are loaded, not
     retrained. run_dir/metrics.jsonl gets every stage's epochs, numbered on across stages.
     Returns the last stage's model and the training time of all stages."""
-    from . import distributed
-
     if not resume and distributed.is_main():
         shutil.rmtree(run_dir / "stages", ignore_errors=True)
     distributed.barrier()

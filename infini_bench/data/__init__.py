@@ -13,6 +13,9 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from datasets import Dataset, concatenate_datasets, load_from_disk
+
+from ..config import DataConfig
 from ..io import atomic_dir
 from .embedded import embedded_documents, make_document
 from .passkey import NEEDLE, QUESTION, FillerPool, passkey_sample
@@ -26,20 +29,6 @@ CACHE_VERSION = 2
 def default_cache_dir() -> Path:
     """Where tokenizers and tokenized samples are cached: $INFINI_BENCH_CACHE or ~/.cache/infini_bench."""
     return Path(os.environ.get("INFINI_BENCH_CACHE", Path.home() / ".cache" / "infini_bench"))
-
-
-@dataclass
-class DataConfig:
-    source: str = "embedded"
-    num_samples: int = 5000
-    sample_len: int = 256
-    val_fraction: float = 0.1
-    tokenizer: str = "pythia"      # "pythia" (trained BPE offline), "bpe", or a hub name / local path
-    vocab_size: int = 4096         # of a trained BPE tokenizer
-    reversal_facts: int = 240      # invented facts (real ones are added)
-    reversal_repeats: int = 10
-    passkey_fraction: float = 0.0  # of the samples, pass-key documents (needle at a random depth)
-    seed: int = 42
 
 
 @dataclass
@@ -107,8 +96,6 @@ def _cache_key(config: DataConfig, kind, path, tokenizer) -> str:
 
 def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBundle:
     """Samples for `config`; `tokenizer` (e.g. a checkpoint's own) replaces the configured one."""
-    from datasets import Dataset, concatenate_datasets, load_from_disk
-
     kind, path = parse_source(config.source)
     facts = reversal_facts(config.reversal_facts, seed=config.seed)
     docs = _embedded_texts(config) if kind == "embedded" else None

@@ -11,7 +11,7 @@ is ungrammatical for some facts; these are not.)
 """
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .embedded import invented_word
 
@@ -65,9 +65,6 @@ class Fact:
     def backward_query(self) -> tuple[str, str]:
         """(prompt, answer) asking for the name."""
         return f"{self.relation[0].upper()}{self.relation[1:]} {self.thing} is", f" {self.name}"
-
-    def to_dict(self):
-        return asdict(self)
 
 
 def reversal_facts(num_invented: int = 240, seed: int = 0) -> list[Fact]:

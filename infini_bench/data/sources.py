@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 from pathlib import Path
 
+from datasets import load_dataset
+
 LOCAL_BUILDERS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
@@ -53,8 +55,6 @@ def local_files(path: str) -> tuple[str, list[str]]:
 
 def stream_texts(kind: str, path: str | None):
     """Iterate over the documents of a hub corpus (or a local mirror with its schema) or of local files."""
-    from datasets import load_dataset
-
     if kind == "local":
         builder, files = local_files(path)
         extra = {"sample_by": "document"} if builder == "text" else {}

@@ -7,6 +7,8 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from huggingface_hub import constants
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from ..io import atomic_dir
@@ -18,8 +20,6 @@ log = logging.getLogger(__name__)
 
 def train_bpe_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
     """A byte-level BPE (the same family as GPT-NeoX's) trained with `tokenizers` on `texts`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -34,8 +34,6 @@ def train_bpe_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
 def hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the model hub can be reached: offline mode is off and its host answers quickly
     (without this check, every hub call retries for most of a minute on a machine without network)."""
-    from huggingface_hub import constants
-
     if constants.HF_HUB_OFFLINE:
         return False
     host = urlparse(constants.ENDPOINT).hostname

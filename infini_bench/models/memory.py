@@ -153,8 +153,8 @@ def infini_attention(q: Tensor, k: Tensor, v: Tensor, state: MemoryState, gate: 
     return g * torch.stack(reads, 2) + (1 - g) * local, state
 
 
-def write_segments(k: Tensor, v: Tensor, state: MemoryState, *, delta_rule: bool, stream_update: str = "mean",
-                   valid: Tensor | None = None) -> MemoryState:
+def update_memory(k: Tensor, v: Tensor, state: MemoryState, *, delta_rule: bool, stream_update: str = "mean",
+                  valid: Tensor | None = None) -> MemoryState:
     """The memory after writing T segments, without reading it: what `infini_attention` returns
     as its state, for inputs whose outputs are not needed (the haystack of a long document).
     k, v: [B, H, T, S, d]; valid: [B, T, S] or None."""

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import CausalLMOutput
 from transformers.models.gpt_neox.modeling_gpt_neox import GPTNeoXLayer, GPTNeoXMLP, GPTNeoXRotaryEmbedding
 
 from .configuration_infini_pythia import InfiniPythiaConfig
-from .memory import MemoryState, infini_attention, write_segments
+from .memory import MemoryState, infini_attention, update_memory
 
 MemoryStates = tuple[MemoryState, ...]  # one per Infini layer, in layer order
 
@@ -52,26 +52,34 @@ class InfiniAttention(nn.Module):
         merged = coarse.transpose(1, 2).reshape(b, s, h * d).to(self.expansion_gate[0].weight.dtype)
         return torch.sigmoid(self.expansion_gate(merged)).to(coarse.dtype).view(b, 1, s, 1)
 
-    def forward(self, hidden: torch.Tensor, state: MemoryState, valid: torch.Tensor | None, write_only: bool = False):
-        """hidden: [B, T, S, hidden] -> ([B, T, S, hidden], state after the T segments);
-        with `write_only`, (None, state): the memory is written and nothing is read."""
+    def _qkv(self, hidden: torch.Tensor):
+        """q, k, v [B, H, T, S, d] of hidden [B, T, S, hidden], in fp32 (fp64 stays fp64): the
+        memory math runs in full precision, also under bf16 autocast."""
         b, t, s, _ = hidden.shape
         qkv = self.query_key_value(hidden).view(b, t, s, self.num_heads, 3 * self.head_dim)
-        # The memory math runs in fp32 (fp64 stays fp64), also under bf16 autocast.
         compute_dtype = torch.promote_types(qkv.dtype, torch.float32)
-        q, k, v = qkv.permute(0, 3, 1, 2, 4).to(compute_dtype).chunk(3, dim=-1)   # [B, H, T, S, d]
+        return qkv.permute(0, 3, 1, 2, 4).to(compute_dtype).chunk(3, dim=-1)
+
+    def forward(self, hidden: torch.Tensor, state: MemoryState, valid: torch.Tensor | None):
+        """hidden: [B, T, S, hidden] -> ([B, T, S, hidden], state after the T segments)."""
+        b, t, s, _ = hidden.shape
+        q, k, v = self._qkv(hidden)
         c = self.config
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            if write_only:
-                return None, write_segments(k, v, state.to(dtype=compute_dtype), delta_rule=c.use_delta_rule,
-                                            stream_update=c.stream_update, valid=valid)
             out, state = infini_attention(
-                q, k, v, state.to(dtype=compute_dtype), self.gate.to(compute_dtype),
+                q, k, v, state.to(dtype=q.dtype), self.gate.to(q.dtype),
                 delta_rule=c.use_delta_rule, stream_update=c.stream_update,
                 expansion_gate=self.expansion_probability if self.expansion_gate is not None else None,
                 valid=valid, bptt_segments=c.bptt_segments)
         out = out.permute(0, 2, 3, 1, 4).reshape(b, t, s, -1).to(hidden.dtype)
         return self.dense(out), state
+
+    def update_memory(self, hidden: torch.Tensor, state: MemoryState, valid: torch.Tensor | None) -> MemoryState:
+        """The state after writing hidden [B, T, S, hidden], nothing read (no queries needed)."""
+        _, k, v = self._qkv(hidden)
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return update_memory(k, v, state.to(dtype=k.dtype), delta_rule=self.config.use_delta_rule,
+                                 stream_update=self.config.stream_update, valid=valid)
 
 
 class InfiniLayer(nn.Module):
@@ -83,12 +91,14 @@ class InfiniLayer(nn.Module):
         self.attention = InfiniAttention(config)
         self.mlp = GPTNeoXMLP(config)
 
-    def forward(self, hidden, state, valid, write_only: bool = False):
+    def forward(self, hidden, state, valid):
         normed = self.input_layernorm(hidden)
-        attn, state = self.attention(normed, state, valid, write_only)
-        if write_only:
-            return None, state
+        attn, state = self.attention(normed, state, valid)
         return hidden + attn + self.mlp(normed), state
+
+    def update_memory(self, hidden, state, valid) -> MemoryState:
+        """The state after writing hidden, without computing the layer's output."""
+        return self.attention.update_memory(self.input_layernorm(hidden), state, valid)
 
 
 class InfiniPythiaPreTrainedModel(PreTrainedModel):
@@ -134,12 +144,19 @@ class InfiniPythiaModel(InfiniPythiaPreTrainedModel):
                      for _ in c.infini_layer_ids())
 
     def forward(self, input_ids=None, attention_mask=None, memory_state: MemoryStates | None = None,
-                inputs_embeds=None, output_hidden_states: bool = False, memory_only: bool = False):
-        """Returns (last hidden states [B, L, hidden], memory after the call, all hidden states or None).
+                inputs_embeds=None, output_hidden_states: bool = False):
+        """Returns (last hidden states [B, L, hidden], memory after the call, all hidden states or None)."""
+        return self._run(input_ids, attention_mask, memory_state, inputs_embeds, output_hidden_states)
 
-        With `memory_only`, only the layers up to the last Infini layer run and that layer only
-        writes its memory: (None, memory after the call, None), for inputs whose predictions
-        are not needed (the memory depends on nothing above its layer)."""
+    @torch.no_grad()
+    def update_memory(self, input_ids, memory_state: MemoryStates | None = None, attention_mask=None) -> MemoryStates:
+        """The memory after reading `input_ids`, without predicting: only the layers up to the
+        last Infini layer run, and that layer only writes its memory (nothing above it can change
+        the memory), for inputs whose predictions are not needed."""
+        return self._run(input_ids, attention_mask, memory_state, update_only=True)[1]
+
+    def _run(self, input_ids, attention_mask, memory_state, inputs_embeds=None, output_hidden_states=False,
+             update_only=False):
         hidden = self.embed_in(input_ids) if inputs_embeds is None else inputs_embeds
         batch, length, width = hidden.shape
         if memory_state is None:
@@ -173,8 +190,8 @@ class InfiniPythiaModel(InfiniPythiaPreTrainedModel):
         for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden.append(hidden)
-            if memory_only and i == last_infini:
-                _, state = layer(hidden.view(batch, num_seg, seg, width), next(states), valid, write_only=True)
+            if update_only and i == last_infini:
+                state = layer.update_memory(hidden.view(batch, num_seg, seg, width), next(states), valid)
                 return None, (*new_states, state), None
             if isinstance(layer, InfiniLayer):
                 out, state = layer(hidden.view(batch, num_seg, seg, width), next(states), valid)
@@ -227,14 +244,11 @@ class InfiniPythiaForCausalLM(InfiniPythiaPreTrainedModel, GenerationMixin):
         """An empty memory per row, to score independent sequences in either scope."""
         return self.gpt_neox.empty_memory(batch_size)
 
-    @torch.no_grad()
     def update_memory(self, input_ids, memory_state: MemoryStates, attention_mask=None) -> MemoryStates:
         """The memory after reading `input_ids` on top of `memory_state`, without predicting:
         equal to `self(input_ids, memory_state=memory_state).memory_state`, at the cost of the
         layers up to the last Infini layer only (the haystack of a long document)."""
-        _, memory_state, _ = self.gpt_neox(input_ids, attention_mask=attention_mask, memory_state=memory_state,
-                                           memory_only=True)
-        return memory_state
+        return self.gpt_neox.update_memory(input_ids, memory_state, attention_mask=attention_mask)
 
     def memory_info(self) -> dict:
         """Size of the memory state in bytes (fp32): per memory, and in total per sequence

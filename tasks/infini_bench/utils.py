@@ -10,32 +10,33 @@ import math
 from functools import cache
 from pathlib import Path
 
-from infini_bench.data import DataConfig, default_cache_dir, prepare_data
+from datasets import Dataset, DatasetDict
+from transformers import AutoTokenizer
+
+from infini_bench.config import NUM_DISTRACTORS, PASSKEY_DEPTHS, REFERENCE_BINS, DataConfig
+from infini_bench.data import default_cache_dir, prepare_data
 from infini_bench.data.passkey import passkey_documents
 from infini_bench.data.reversal import distractors, reversal_facts
-from infini_bench.evaluation import REFERENCE_BINS, bin_edges
+from infini_bench.evaluation import bin_edges
 
-PASSKEY_DEPTHS = (0, 25, 50, 75, 100)
 PASSKEY_DOCS_PER_DEPTH = 2
 
 
 @cache
 def _run(pretrained: str | None):
-    """(DataConfig, tokenizer) of a run directory or checkpoint."""
-    from transformers import AutoTokenizer
-
+    """(DataConfig, tokenizer, number of distractors) of a run directory or checkpoint."""
     if not pretrained:
         raise ValueError("infini_bench tasks need --model_args pretrained=<run dir or checkpoint>")
-    config = DataConfig()
+    config, num_distractors = DataConfig(), NUM_DISTRACTORS
     run_config = Path(pretrained) / "run_config.json"
     if run_config.exists():
-        config = DataConfig(**json.loads(run_config.read_text())["data"]["config"])
-    return config, AutoTokenizer.from_pretrained(pretrained)
+        recorded = json.loads(run_config.read_text())
+        config = DataConfig(**recorded["data"]["config"])
+        num_distractors = recorded["run"]["evaluation"]["num_distractors"]
+    return config, AutoTokenizer.from_pretrained(pretrained), num_distractors
 
 
 def _dataset(rows):
-    from datasets import Dataset, DatasetDict
-
     return DatasetDict({"test": Dataset.from_list(rows)})
 
 
@@ -44,7 +45,7 @@ def _dataset(rows):
 def positional_dataset(pretrained=None, position_bins=REFERENCE_BINS, **kwargs):
     """One loglikelihood request per (validation sample, position bin): the context is the
     sample up to the bin, the continuation the bin's tokens (targets of positions start..end-1)."""
-    config, tokenizer = _run(pretrained)
+    config, tokenizer, _ = _run(pretrained)
     samples = prepare_data(config, default_cache_dir(), tokenizer=tokenizer).validation["input_ids"]
     rows = []
     for sample_id, ids in enumerate(samples):
@@ -73,41 +74,31 @@ def token_ppl(items):
 # ---------- reversal ----------
 
 def _reversal_rows(pretrained, direction):
-    config, _ = _run(pretrained)
+    config, _, num_distractors = _run(pretrained)
     facts = reversal_facts(config.reversal_facts, seed=config.seed)
     rows = []
     for i, fact in enumerate(facts):
         prompt, answer = getattr(fact, f"{direction}_query")()
-        rows.append({"prompt": prompt, "choices": [answer] + distractors(facts, i, direction, 10, config.seed),
+        rows.append({"prompt": prompt,
+                     "choices": [answer] + distractors(facts, i, direction, num_distractors, config.seed),
                      "sentence": getattr(fact, direction), "real": fact.real})
     return rows
 
 
-def reversal_forward(pretrained=None, **kwargs):
-    return _dataset(_reversal_rows(pretrained, "forward"))
+def reversal_dataset(direction, pretrained=None, **kwargs):
+    """Multiple choice: the fact's answer in `direction` ("forward" or "backward") among distractors."""
+    return _dataset(_reversal_rows(pretrained, direction))
 
 
-def reversal_backward(pretrained=None, **kwargs):
-    return _dataset(_reversal_rows(pretrained, "backward"))
-
-
-def _sentence_rows(pretrained, direction):
-    """The whole sentence scored after its first token (the reference's sentence PPL)."""
-    _, tokenizer = _run(pretrained)
+def reversal_sentences(direction, pretrained=None, **kwargs):
+    """The whole sentence in `direction`, scored after its first token (the reference's sentence PPL)."""
+    _, tokenizer, _ = _run(pretrained)
     rows = []
     for row in _reversal_rows(pretrained, direction):
         ids = tokenizer(row["sentence"], add_special_tokens=False)["input_ids"]
         rows.append({"context": tokenizer.decode(ids[:1]), "continuation": tokenizer.decode(ids[1:]),
                      "tokens": len(ids) - 1})
-    return rows
-
-
-def reversal_forward_sentences(pretrained=None, **kwargs):
-    return _dataset(_sentence_rows(pretrained, "forward"))
-
-
-def reversal_backward_sentences(pretrained=None, **kwargs):
-    return _dataset(_sentence_rows(pretrained, "backward"))
+    return _dataset(rows)
 
 
 def sentence_results(doc, results):
@@ -126,32 +117,8 @@ def passkey_dataset(length, pretrained=None, depths=PASSKEY_DEPTHS, docs_per_dep
                     seed=0, **kwargs):
     """Haystacks of `length` tokens (by the model's tokenizer) with a five-digit pass key hidden
     at each depth; the request asks for the key after the haystack."""
-    _, tokenizer = _run(pretrained)
+    _, tokenizer, _ = _run(pretrained)
     return _dataset(passkey_documents(tokenizer, length, depths, docs_per_depth, seed))
-
-
-def passkey_1k(**kwargs):
-    return passkey_dataset(1024, **kwargs)
-
-
-def passkey_4k(**kwargs):
-    return passkey_dataset(4096, **kwargs)
-
-
-def passkey_16k(**kwargs):
-    return passkey_dataset(16384, **kwargs)
-
-
-def passkey_64k(**kwargs):
-    return passkey_dataset(65536, **kwargs)
-
-
-def passkey_256k(**kwargs):
-    return passkey_dataset(262144, **kwargs)
-
-
-def passkey_1m(**kwargs):
-    return passkey_dataset(1048576, **kwargs)
 
 
 def passkey_results(doc, results):

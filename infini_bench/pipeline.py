@@ -1,0 +1,292 @@
+"""One path from a resolved suite to results: data, then for every model and seed build, train
+(or resume), evaluate and write results.json, then the leaderboard.
+
+`run_model` is the unit that suite runs (`python -m infini_bench.run`) and Ray Tune trials
+(`infini_bench.sweep`) share; its run directory records the resolved config, package versions
+and git commit, and a fingerprint of the config decides whether a finished run is reused, an
+interrupted one resumed, or the model retrained.
+"""
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, set_seed
+
+from . import distributed
+from .data import default_cache_dir, long_document, prepare_data
+from .evaluation import context_limit, lm_metrics, long_document_ppl, passkey_grid, reversal_metrics, sample_token_nll
+from .io import atomic_write_json
+from .leaderboard import write_leaderboard
+from .models import build_model
+from .stats import bootstrap_ppl_ci
+from .training import (NonFiniteLoss, autocast_dtype, check_checkpoint, latest_checkpoint, per_process_batch, train,
+                       train_curriculum, windowed)
+
+PACKAGES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors", "deepspeed", "lm_eval",
+            "ray", "pandas", "numpy", "scipy", "infini-bench")
+
+
+def environment() -> dict:
+    """Package versions, git commit (with -dirty for uncommitted changes), hardware."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    repo = Path(__file__).resolve().parents[1]
+    commit = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        commit += "-dirty" if dirty else ""
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {"packages": versions, "git_commit": commit, "python": platform.python_version(),
+            "platform": platform.platform(), "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "torch_threads": torch.get_num_threads(), "data_parallel_processes": distributed.world_size()}
+
+
+def model_vocab_size(tokenizer) -> int:
+    """The tokenizer's size rounded up to a multiple of 128 (Pythia: 50,277 -> 50,304)."""
+    return -(-len(tokenizer) // 128) * 128
+
+
+def run_dir(config, spec, suite_seed: int | None = None) -> Path:
+    """runs/<suite>/<model>, with `-seed<s>` for a seed other than the suite's own (`suite_seed`,
+    by default the config's seed)."""
+    seed = config.training.seed
+    own = seed if suite_seed is None else suite_seed
+    return config.runs_dir / (spec.slug if seed == own else f"{spec.slug}-seed{seed}")
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _last_stage(curve: list[dict]) -> list[dict]:
+    """The epochs of a curriculum's last stage (validation PPLs of other sample lengths are not
+    comparable); all epochs without a curriculum."""
+    return [c for c in curve if c.get("sample_len") == curve[-1].get("sample_len")]
+
+
+def _epoch_record(line: str) -> dict:
+    m = json.loads(line)
+    record = {"epoch": m["epoch"], "train_ppl": m.get("train_ppl"), "val_ppl": m["eval_ppl"],
+              "recall_ppl": m.get("eval_recall_ppl")}
+    return {**record, "sample_len": m["sample_len"]} if "sample_len" in m else record
+
+
+def run_model(config, spec, data, device, env, suite_seed: int | None = None, stages=(), callbacks=()) -> dict:
+    """Train and evaluate one model with `config.training.seed` in `run_dir(config, spec,
+    suite_seed)`; `stages` are the curriculum's DataBundles, if the suite has one; `callbacks`
+    extra Trainer callbacks. Returns the results (None on processes other than the main one)."""
+    directory = run_dir(config, spec, suite_seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    model_config = config.model_config(spec, vocab_size=model_vocab_size(data.tokenizer))
+    run = {k: v for k, v in config.to_dict().items() if k != "num_seeds"}
+    resolved = {"run": run, "model_name": spec.name, "model": model_config.to_dict(), "data": data.info,
+                "stages": [stage.info for stage in stages]}
+    if distributed.world_size() > 1:  # stream-scope memories are per process: results depend on it
+        resolved["data_parallel_processes"] = distributed.world_size()
+    fingerprint = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    finished = read_json(directory / "results.json")
+    previous = read_json(directory / "run_config.json")
+    distributed.barrier()  # every process has read these before the main one rewrites them
+    if finished and finished.get("fingerprint") == fingerprint:
+        print(f"{spec.name}: already finished with this config ({directory / 'results.json'}); not retrained",
+              flush=True)
+        return finished
+    resume = bool(previous and previous.get("fingerprint") == fingerprint)
+    if distributed.is_main():
+        (directory / "results.json").unlink(missing_ok=True)
+        atomic_write_json(directory / "run_config.json", {**resolved, "fingerprint": fingerprint})
+        atomic_write_json(directory / "environment.json", env)
+    set_seed(config.training.seed)
+    model = build_model(model_config)
+    parameters = sum(p.numel() for p in model.parameters())
+    limit = context_limit(model)
+    if limit is not None:  # a model with a context limit trains and validates on windows of it
+        data, stages = windowed(data, limit), [windowed(stage, limit) for stage in stages]
+    if stages:
+        model, train_time = train_curriculum(model, stages, directory, config.training, config.evaluation, device,
+                                             resume=resume, callbacks=callbacks)
+    else:
+        model, train_time = train(model, data, directory, config.training, config.evaluation, device, resume=resume,
+                                  callbacks=callbacks)
+
+    precision = autocast_dtype(device)
+    model.to(device)
+    e = config.evaluation
+    validation = validation_metrics(model, data, e, device)
+    if not distributed.is_main():  # the other evaluations and the files are the main process's
+        distributed.barrier()
+        return None
+    extra = {}
+    if e.reversal:
+        extra["reversal"] = reversal_metrics(model, data.tokenizer, data.facts, e.num_distractors, e.batch_size,
+                                             device, precision, seed=config.data.seed)
+    if e.passkey_lengths:
+        start = time.perf_counter()
+        # The documents of the infini_passkey tasks (their seed, 0), the same for every run.
+        extra["passkey"] = passkey_grid(model, data.tokenizer, e.passkey_lengths, e.passkey_depths, e.passkey_docs,
+                                        device, precision)
+        print(f"{spec.name}: pass-key grid in {time.perf_counter() - start:.0f}s", flush=True)
+    if e.long_ppl_length:
+        start = time.perf_counter()
+        document = long_document(data.tokenizer, e.long_ppl_length, config.data.seed)
+        extra["long_ppl"] = long_document_ppl(model, document, e.long_ppl_bins, device, precision)
+        print(f"{spec.name}: long-document PPL in {time.perf_counter() - start:.0f}s", flush=True)
+    curve = [_epoch_record(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+    best = min(_last_stage(curve), key=lambda c: c["val_ppl"])
+    memory = model.memory_info() if hasattr(model, "memory_info") else None
+    results = {
+        "suite": config.suite, "model": spec.name, "slug": spec.slug, "order": spec.order,
+        "memory_type": model_config.memory_type, "num_memories": model_config.num_memories,
+        "memory_scope": model_config.memory_scope, "segment_len": model_config.segment_len,
+        "preset": config.preset, "device": str(device), "seed": config.training.seed,
+        "parameters": parameters, "memory_bytes": memory["total_bytes"] if memory else 0,
+        "best_epoch": best["epoch"], "epochs_trained": len(curve), "best_val_ppl": validation["ppl"],
+        "validation": validation, **extra, "curve": curve, "train_time_s": train_time,
+        "data": data.info, "git_commit": env["git_commit"], "fingerprint": fingerprint,
+    }
+    atomic_write_json(directory / "results.json", results)
+    del model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    distributed.barrier()
+    return results
+
+
+def validation_metrics(model, data, evaluation, device) -> dict:
+    """Validation PPL (overall, recall tokens, by position) with its bootstrap interval; shared
+    by the processes under data parallelism."""
+    nll = sample_token_nll(model, data.validation["input_ids"], evaluation.batch_size, device, autocast_dtype(device))
+    metrics = lm_metrics(nll, data.validation["recall"], evaluation.position_bins, len(data.validation[0]["input_ids"]))
+    return {**metrics, "ppl_bootstrap_ci95": bootstrap_ppl_ci(nll)}
+
+
+def reevaluate(config, data, device) -> int:
+    """Reload each model's saved weights (safetensors) and recompute its validation metrics;
+    0 if every one equals its results.json, 1 otherwise (the same number of processes as the
+    run is needed in stream scope, where each process streams its share through its memory)."""
+    mismatches = 0
+    for spec in config.models:
+        directory = run_dir(config, spec)
+        recorded = read_json(directory / "results.json")
+        model = AutoModelForCausalLM.from_pretrained(directory).to(device)
+        again = validation_metrics(model, data, config.evaluation, device)
+        pairs = [(again["ppl"], recorded["validation"]["ppl"]), (again["recall_ppl"], recorded["validation"]["recall_ppl"]),
+                 *zip(again["position_ppl"].values(), recorded["validation"]["position_ppl"].values())]
+        match = all(x is y or math.isclose(x, y, rel_tol=1e-6) for x, y in pairs)
+        mismatches += not match
+        if distributed.is_main():
+            print(f"{spec.name}: val PPL {again['ppl']:.6f} (results.json: {recorded['validation']['ppl']:.6f}); "
+                  f"overall, recall-token and position PPLs: {'match' if match else 'MISMATCH'}", flush=True)
+    return 1 if mismatches else 0
+
+
+def prepare_suite_data(config):
+    """The suite's data, and a DataBundle per curriculum stage (with the same tokenizer)."""
+    data = prepare_data(config.data, default_cache_dir())
+    stages = [prepare_data(dataclasses.replace(config.data, sample_len=stage["sample_len"],
+                                               num_samples=stage["num_samples"]),
+                           default_cache_dir(), tokenizer=data.tokenizer)
+              for stage in config.training.curriculum]
+    return data, stages
+
+
+def seeds_of(config) -> list[int]:
+    return [config.training.seed + i for i in range(config.num_seeds)]
+
+
+def run_suite(config, device, data, stages=()) -> Path | None:
+    """Every model with every seed, the leaderboard rebuilt after each; returns its path."""
+    env = environment()
+    print(f"data: {data.info['train_samples']} train ({data.info['reversal_samples']} of them reversal facts) / "
+          f"{data.info['validation_samples']} validation samples, tokenizer {data.info['tokenizer']} "
+          f"({data.info['vocab_size']} tokens)", flush=True)
+    leaderboard = None
+    for seed in seeds_of(config):
+        # Each seed is one run per model; the data (and so the validation set) stays the same.
+        seeded = dataclasses.replace(config, training=dataclasses.replace(config.training, seed=seed))
+        for spec in config.models:
+            start = time.perf_counter()
+            print(f"== {spec.name}, seed {seed} ==", flush=True)
+            results = run_model(seeded, spec, data, device, env, suite_seed=config.training.seed, stages=stages)
+            if not distributed.is_main():  # it only trains and shares the validation evaluation
+                continue
+            print(f"{spec.name}: best val PPL {results['best_val_ppl']:.2f} at epoch {results['best_epoch']}, "
+                  f"recall PPL {results['validation'].get('recall_ppl') or float('nan'):.2f}, "
+                  f"{time.perf_counter() - start:.0f}s", flush=True)
+            leaderboard = write_leaderboard(config.runs_dir, config.leaderboard_dir, config.suite,
+                                            config.description)
+    return leaderboard
+
+
+def preflight(config, reevaluate: bool = False):
+    """What must hold before anything is written (ValueError naming the field otherwise): the
+    batch divides among the processes, --reevaluate has finished runs, resume points are readable."""
+    per_process_batch(config.training.batch_size)
+    for spec in config.models if reevaluate else ():
+        if not (run_dir(config, spec) / "results.json").is_file():
+            raise ValueError(f"reevaluate: model {spec.slug!r} has no finished run in {config.runs_dir}; "
+                             f"accepted: models with a results.json")
+    for spec in config.models:
+        checkpoint = latest_checkpoint(run_dir(config, spec) / "trainer")
+        if checkpoint is not None:
+            check_checkpoint(checkpoint)
+
+
+def describe(config, device) -> list[str]:
+    """The choices of a run, as printed at its start."""
+    t = config.training
+    epochs = (" -> ".join(f"{s['num_samples']} x {s['sample_len']} ({s['max_epochs']} epoch(s))"
+                          for s in t.curriculum) if t.curriculum else f"up to {t.max_epochs} epochs")
+    lines = [f"suite {config.suite} ({config.suite_file}) on {device}: preset {config.preset}, "
+             f"data {config.data.source} ({config.data.num_samples} x {config.data.sample_len}, tokenizer "
+             f"{config.data.tokenizer}), lr {t.lr}, batch {t.batch_size}, {epochs} (patience {t.patience}), "
+             f"seed {t.seed}, {distributed.world_size()} process(es)"
+             f"{', DeepSpeed ' + t.deepspeed if t.deepspeed else ''}, output {Path(config.output_dir).resolve()}"]
+    return lines + [f"  model {spec.name}: {spec.overrides}" for spec in config.models]
+
+
+def run_job(config, device, reevaluate_only: bool = False) -> int:
+    """The whole job after the config is known to be good: exit status 0, 1 (a non-finite loss
+    or a reevaluation mismatch) or 2 (data that cannot be prepared)."""
+    distributed.init(device)
+    if not distributed.is_main():  # one report on the console: the main process's (errors still show)
+        sys.stdout = open(os.devnull, "w")
+    print("\n".join(describe(config, device)), flush=True)
+    start = time.perf_counter()
+    try:
+        with distributed.main_first():  # the main process builds the data cache, the others read it
+            data, stages = prepare_suite_data(config)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if reevaluate_only:
+        return reevaluate(config, data, device)
+    try:
+        leaderboard = run_suite(config, device, data, stages)
+    except NonFiniteLoss as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"leaderboard: {leaderboard} ({(time.perf_counter() - start) / 60:.1f} min)")
+    return 0

@@ -1,4 +1,4 @@
-"""Plain reference of the Infini-attention memory math (seed-experiment.md), loop by loop.
+"""Plain reference of the Infini-attention memory math (docs/reference-experiment.md), loop by loop.
 
 Written for clarity, not speed: explicit loops over batch rows, segments, positions, heads
 and memories, in whatever dtype the inputs have (the tests use float64). The fast form in
@@ -17,12 +17,14 @@ def sig(x):
 def _read(sq_t, memory, norm):
     """sigma(q) M / max(sigma(q) z, EPS) for one position and one memory; its denominator."""
     denominator = sq_t @ norm
-    return (sq_t @ memory) / max(denominator.item(), EPS), denominator
+    return (sq_t @ memory) / torch.clamp(denominator, min=EPS), denominator
 
 
 def reference_infini(q, k, v, gate, segment_len, num_memories, delta_rule, expansion_mlp=None,
-                     shared=False, stream_update="mean"):
-    """q, k, v: [B, H, L, d]; gate: [H]; expansion_mlp: hidden -> 1 (hierarchical) or None.
+                     shared=False, stream_update="mean", bptt_segments=0):
+    """q, k, v: [B, H, L, d]; gate: [H]; expansion_mlp: hidden -> 1 (hierarchical) or None;
+    bptt_segments > 0: the memory is detached after every that many segments written (gradients
+    reach back through the memory across at most that many segments; values are unchanged).
 
     Returns the attention output [B, H, L, d] and the final (memory, norm) lists, indexed
     [row][head][memory] (a single row when `shared`).
@@ -73,7 +75,7 @@ def reference_infini(q, k, v, gate, segment_len, num_memories, delta_rule, expan
                         score = sq_t @ sig(k[b, h, i])
                         numerator += score * v[b, h, i]
                         denominator += score
-                    local = numerator / max(denominator.item(), EPS)
+                    local = numerator / torch.clamp(denominator, min=EPS)
                     out[b, h, t] = g[h] * reads[h] + (1 - g[h]) * local
         # Write the segment into memory `writes mod N`, from the memory as it was before.
         slot = writes % num_memories
@@ -102,4 +104,7 @@ def reference_infini(q, k, v, gate, segment_len, num_memories, delta_rule, expan
                     memory[r][h][slot] = memory[r][h][slot] + delta_memory
                     norm[r][h][slot] = norm[r][h][slot] + delta_norm
         writes += 1
+        if bptt_segments and writes % bptt_segments == 0:
+            memory = [[[m.detach() for m in heads_] for heads_ in row] for row in memory]
+            norm = [[[z.detach() for z in heads_] for heads_ in row] for row in norm]
     return out, memory, norm

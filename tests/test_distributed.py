@@ -5,9 +5,7 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,8 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO
-from infini_bench import InfiniPythiaConfig, build_model
+from helpers import REPO, launcher_env, tiny_model
 from infini_bench.evaluation import sample_token_nll
 from infini_bench.run import main
 
@@ -28,10 +25,7 @@ CPU = torch.device("cpu")
 
 
 def tiny(memory_type: str, scope: str = "sequence"):
-    torch.manual_seed(0)
-    config = InfiniPythiaConfig.from_preset("pythia-14m", vocab_size=VOCAB, memory_type=memory_type,
-                                            memory_scope=scope, segment_len=8)
-    return build_model(config)
+    return tiny_model(memory_type, vocab=VOCAB, memory_scope=scope)
 
 
 MODELS = {"baseline": ("none", "sequence"), "sequence": ("single", "sequence"), "stream": ("single", "stream")}
@@ -83,7 +77,7 @@ def test_shared_evaluation_counts_every_sample_once(tmp_path, world, n, batch_si
 
 
 def _train_steps(rank, out: str):
-    model = tiny("single", "stream")
+    model = tiny("single", "stream").train()
     if rank == 0:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/weights-0.safetensors")
     ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -118,18 +112,6 @@ def test_stream_memory_is_per_process_under_ddp(tmp_path):
         (state,) = model._stream_state
         torch.testing.assert_close(state.memory, saved[r]["memory"])
         torch.testing.assert_close(state.norm, saved[r]["norm"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launcher_env(cache: Path, **env) -> dict:
-    """This interpreter's launchers (deepspeed, torchrun) first on PATH, a free port."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    return {**os.environ, "PATH": path, "INFINI_BENCH_CACHE": str(cache), "MASTER_PORT": str(free_port()), **env}
 
 
 def launch(script: str, *args, cache: Path, **env) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from helpers import tiny_model
 from infini_bench import InfiniPythiaConfig, build_model
 from infini_bench.data.reversal import Fact
 from infini_bench.data.tokenizer import train_bpe_tokenizer
@@ -15,12 +16,8 @@ from infini_bench.evaluation import lm_metrics, loglikelihoods, reversal_metrics
 VOCAB = 101
 
 
-def tiny(memory_type="single", scope="sequence", segment_len=8, vocab=VOCAB, seed=0):
-    torch.manual_seed(seed)
-    config = InfiniPythiaConfig.from_preset("pythia-14m", vocab_size=vocab, memory_type=memory_type,
-                                            memory_scope=scope, segment_len=segment_len,
-                                            num_memories=1 if memory_type == "single" else 2)
-    return build_model(config).eval()
+def tiny(memory_type="single", scope="sequence", vocab=VOCAB, **overrides):
+    return tiny_model(memory_type, vocab=vocab, memory_scope=scope, **overrides)
 
 
 def test_lm_metrics_match_plain_computation():

@@ -10,7 +10,7 @@ from pathlib import Path
 import lm_eval
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 STOCK_TASKS = Path(lm_eval.__file__).parent / "tasks"
 
@@ -36,6 +36,7 @@ def infini_bench_group(smoke, tmp_path_factory):
     return run_dir, result.stdout, results_json(output)
 
 
+@pytest.mark.slow
 def test_lm_eval_command_runs_the_infini_bench_group_and_prints_every_metric(infini_bench_group):
     _, stdout, results = infini_bench_group
     for task in ("infini_passkey_1k", "infini_passkey_4k", "infini_passkey_16k", "infini_passkey_64k"):
@@ -51,6 +52,7 @@ def test_lm_eval_command_runs_the_infini_bench_group_and_prints_every_metric(inf
     assert re.search(r"ppl_pos_96\s*\|", stdout)
 
 
+@pytest.mark.slow
 def test_leaderboard_and_lm_eval_agree_on_reversal(infini_bench_group):
     run_dir, _, results = infini_bench_group
     reversal = json.loads((run_dir / "results.json").read_text())["reversal"]
@@ -60,6 +62,7 @@ def test_leaderboard_and_lm_eval_agree_on_reversal(infini_bench_group):
     assert results["infini_reversal_backward_ppl"]["ppl,none"] == pytest.approx(reversal["backward_ppl"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_leaderboard_and_lm_eval_agree_on_positional_ppl(smoke, tmp_path):
     """For a model without a carried memory both score each validation sample on its own."""
     out, _ = smoke
@@ -77,6 +80,7 @@ def test_leaderboard_and_lm_eval_agree_on_positional_ppl(smoke, tmp_path):
         assert f"| {label}" in leaderboard
 
 
+@pytest.mark.slow
 def test_startup_hook_is_cheap_and_other_models_still_resolve():
     timing = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True)
     (line,) = [x for x in timing.stderr.splitlines() if x.rstrip().endswith("_infini_bench_lm_eval")]
@@ -119,6 +123,7 @@ def write_stock_task_copies(folder: Path):
     return docs
 
 
+@pytest.mark.slow
 def test_stock_rolling_and_multiple_choice_tasks(smoke, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -148,6 +153,7 @@ def test_stock_rolling_and_multiple_choice_tasks(smoke, tmp_path):
     assert len(tokenizer(docs[0])["input_ids"]) > model.config.segment_len  # more than one segment
 
 
+@pytest.mark.slow
 def test_model_args_override_segment_len_and_reject_bad_values(smoke):
     from infini_bench.lm_eval_model import InfiniPythiaLM
 
@@ -161,6 +167,7 @@ def test_model_args_override_segment_len_and_reject_bad_values(smoke):
         InfiniPythiaLM(pretrained=str(out / "runs" / "smoke" / "pythia-baseline"), segment_len=16)
 
 
+@pytest.mark.slow
 def test_generate_until_stops_at_the_stop_sequence(smoke):
     from lm_eval.api.instance import Instance
 
@@ -179,6 +186,7 @@ def test_generate_until_stops_at_the_stop_sequence(smoke):
         assert text == full.split(".")[0]
 
 
+@pytest.mark.slow
 def test_bad_checkpoints_give_one_line_errors(smoke, tmp_path):
     import shutil
 

@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
+
+pytestmark = pytest.mark.slow  # every test here runs the command line end to end
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,17 @@
 """Infini-Pythia as a transformers model: scopes, variants, sizes, save/load, generation."""
 
+import functools
 import pickle
 
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GPTNeoXForCausalLM
 
+from helpers import tiny_model
 from infini_bench import InfiniPythiaConfig, InfiniPythiaForCausalLM, build_model
 
 VOCAB = 97
-
-
-def tiny(memory_type="single", num_memories=1, seed=0, **overrides):
-    torch.manual_seed(seed)
-    overrides.setdefault("segment_len", 8)
-    config = InfiniPythiaConfig.from_preset("pythia-14m", vocab_size=VOCAB, memory_type=memory_type,
-                                            num_memories=num_memories, **overrides)
-    return build_model(config).eval()
+tiny = functools.partial(tiny_model, vocab=VOCAB)
 
 
 def tokens(batch=2, length=32, seed=1):

@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, run_cli
+import pytest
+
+from helpers import REPO, run_cli
 
 PACKAGE = REPO / "infini_bench"
 
@@ -33,6 +35,7 @@ def run_until(out: Path, cache: Path, condition, timeout=600):
     process.wait()
 
 
+@pytest.mark.slow
 def test_killed_three_times_then_resumed_equals_uninterrupted(smoke, tmp_path):
     reference, _ = smoke
     out, cache = tmp_path / "out", tmp_path / "cache"
@@ -65,6 +68,7 @@ def test_killed_three_times_then_resumed_equals_uninterrupted(smoke, tmp_path):
         without_times((reference / "leaderboard" / "smoke.md").read_text())
 
 
+@pytest.mark.slow
 def test_second_model_resumed_from_its_checkpoint(smoke, tmp_path):
     """The resumed model continues from its epoch-1 checkpoint rather than starting again."""
     out, cache = tmp_path / "out", tmp_path / "cache"
@@ -92,6 +96,7 @@ def test_no_loading_path_unpickles():
                     assert node.func.attr in ("safe_load", "safe_dump", "dump"), (path, node.func.attr)
 
 
+@pytest.mark.slow
 def test_two_runs_finishing_together_both_appear(smoke, tmp_path):
     reference, _ = smoke
     out, cache = tmp_path / "out", tmp_path / "cache"
@@ -110,12 +115,12 @@ def test_two_runs_finishing_together_both_appear(smoke, tmp_path):
 
 
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
-    import pytest
     import torch
 
     from infini_bench import InfiniPythiaConfig, build_model
-    from infini_bench.data import DataConfig, prepare_data
-    from infini_bench.training import EvalConfig, NonFiniteLoss, TrainConfig, train
+    from infini_bench.config import DataConfig, EvalConfig, TrainConfig
+    from infini_bench.data import prepare_data
+    from infini_bench.training import NonFiniteLoss, train
 
     data = prepare_data(DataConfig(num_samples=40, sample_len=32, tokenizer="bpe", vocab_size=300,
                                    reversal_facts=12, reversal_repeats=0), tmp_path / "cache")

@@ -9,23 +9,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import infini_bench.models  # noqa: F401  (registers the Auto classes)
-from conftest import REPO, run_cli
+from helpers import run_cli, table_rows, write_suite
 from infini_bench.run import main
 
 
-def table_rows(markdown: str, heading: str) -> dict[str, list[str]]:
-    """Rows of the first table under `## heading`, keyed by their first cell."""
-    section = markdown.split(f"## {heading}\n", 1)[1]
-    rows = {}
-    for line in section.splitlines():
-        if line.startswith("|") and not line.startswith("|:"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            rows[cells[0]] = cells[1:]
-        elif rows and not line.startswith("|"):
-            break
-    return rows
-
-
+@pytest.mark.slow
 def test_smoke_suite_results_and_leaderboard_agree(smoke):
     out, result = smoke
     runs = sorted((out / "runs" / "smoke").iterdir())
@@ -55,6 +43,7 @@ def test_smoke_suite_results_and_leaderboard_agree(smoke):
     assert (out / "leaderboard" / "plots" / "smoke-position-ppl.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_run_directory_records_everything(smoke):
     out, _ = smoke
     run = out / "runs" / "smoke" / "multi-memory-4"
@@ -69,6 +58,7 @@ def test_run_directory_records_everything(smoke):
     assert (run / "model.safetensors").exists() and not list(run.glob("*.bin")) and not (run / "trainer").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_reloads_to_the_reported_validation_ppl(smoke):
     from infini_bench.data import DataConfig, prepare_data
     from infini_bench.evaluation import lm_metrics, sample_token_nll
@@ -84,26 +74,12 @@ def test_checkpoint_reloads_to_the_reported_validation_ppl(smoke):
     assert lm_metrics(nll, None)["ppl"] == pytest.approx(results["best_val_ppl"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_prints_choices_at_start(smoke):
     _, result = smoke
     first = result.stdout.splitlines()[0]
     for piece in ("suite smoke", "on cpu", "preset pythia-14m", "data embedded", "seed 42"):
         assert piece in first
-
-
-def write_suite(tmp_path, **changes):
-    import yaml
-
-    suite = yaml.safe_load((REPO / "configs" / "suites" / "smoke.yaml").read_text())
-    for dotted, value in changes.items():
-        node = suite
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    path = tmp_path / "suite.yaml"
-    path.write_text(yaml.safe_dump(suite))
-    return str(path)
 
 
 BAD_INPUTS = [
@@ -191,6 +167,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, make_args, 
     assert tree(out) == before
 
 
+@pytest.mark.slow
 def test_bad_input_through_the_real_command(tmp_path):
     result = run_cli("--suite", "smoke", "--preset", "pythia-1b", "--output-dir", str(tmp_path / "out"),
                      cache=tmp_path / "cache")

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from conftest import run_cli
-from test_run import table_rows
+from helpers import run_cli, table_rows
+
+pytestmark = pytest.mark.slow  # every test here runs the command line end to end
 
 
 @pytest.fixture(scope="module")

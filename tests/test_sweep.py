@@ -11,7 +11,9 @@ import time
 import pytest
 import yaml
 
-from conftest import REPO, run_cli
+from helpers import REPO, run_cli
+
+pytestmark = pytest.mark.slow  # every test here runs the command line end to end
 
 
 def write_sweep(tmp_path, **changes) -> str:

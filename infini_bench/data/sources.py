@@ -50,7 +50,28 @@ def local_files(path: str) -> tuple[str, list[str]]:
     builders = {LOCAL_BUILDERS[f.suffix] for f in files}
     if len(builders) > 1:
         raise ValueError(f"data: {path!r} mixes formats {sorted(builders)}; accepted: one format per folder")
-    return builders.pop(), [str(f) for f in files]
+    builder = builders.pop()
+    for f in files:
+        _check_readable(f, builder)
+    return builder, [str(f) for f in files]
+
+
+def _check_readable(path: Path, builder: str, probe: int = 65536):
+    """ValueError naming the field if a file's start is not what its suffix says: UTF-8 text
+    (.txt, .json, .jsonl) or a Parquet file (its magic bytes)."""
+    with open(path, "rb") as f:
+        head = f.read(probe)
+    if builder == "parquet":
+        if head[:4] != b"PAR1":
+            raise ValueError(f"data: {path} is not a Parquet file; accepted: {', '.join(LOCAL_BUILDERS)}")
+        return
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if len(head) < probe or error.start < len(head) - 3:  # not only a character cut by the probe
+            raise ValueError(f"data: {path} is not UTF-8 text (undecodable byte at offset {error.start}); "
+                             f"accepted: UTF-8 {', '.join(s for s, b in LOCAL_BUILDERS.items() if b != 'parquet')}"
+                             f" files or .parquet") from None
 
 
 def stream_texts(kind: str, path: str | None):
@@ -68,8 +89,16 @@ def stream_texts(kind: str, path: str | None):
             builder, files = local_files(path)
             dataset = load_dataset(builder, data_files=files, split="train", streaming=True)
         text_field, schema = source.text_field, source.schema
-    for record in dataset:
+    for record in _records(dataset, path or kind):
         missing = [f for f in schema if f not in record]
         if missing:
             raise ValueError(f"data: records of {path or kind} lack the field(s) {missing}; expected {list(schema)}")
         yield record[text_field]
+
+
+def _records(dataset, where):
+    """The dataset's records; a file that cannot be decoded is a ValueError naming the field."""
+    try:
+        yield from dataset
+    except (UnicodeDecodeError, OSError) as error:
+        raise ValueError(f"data: cannot read {where} ({error.__class__.__name__})") from None

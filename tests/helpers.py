@@ -33,9 +33,10 @@ def run_cli(*args, cache, cwd=REPO, module="infini_bench.run", env=None, python=
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def write_suite(tmp_path, base="smoke", **changes) -> str:
-    """A copy of a shipped suite with dotted keys changed (e.g. "data.num_samples": 0); its path."""
-    suite = yaml.safe_load((REPO / "configs" / "suites" / f"{base}.yaml").read_text())
+def write_suite(tmp_path, copy_of="smoke", **changes) -> str:
+    """tmp_path/suite.yaml: a copy of a shipped suite with dotted keys changed (e.g.
+    "data.num_samples": 0); its path."""
+    suite = yaml.safe_load((REPO / "configs" / "suites" / f"{copy_of}.yaml").read_text())
     for dotted, value in changes.items():
         node = suite
         *parents, leaf = dotted.split(".")

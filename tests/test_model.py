@@ -1,7 +1,10 @@
 """Infini-Pythia as a transformers model: scopes, variants, sizes, save/load, generation."""
 
 import functools
+import os
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -278,3 +281,45 @@ def test_explicit_per_row_memory_in_stream_scope_matches_sequence_scope():
         assert stream._stream_state is carried  # an explicit memory leaves the carried one alone
         assert torch.allclose(out.logits, sequence(x).logits, atol=1e-6)
         assert out.memory_state[0].memory.shape[0] == 3
+
+
+@pytest.mark.parametrize("memory_type,num_memories,layers", [("multi", 2, [0]), ("hierarchical", 2, [1])])
+def test_checkpoint_loads_with_its_own_code_where_infini_bench_is_absent(tmp_path, memory_type, num_memories,
+                                                                          layers):
+    """save_pretrained copies the model code (auto_map in config.json); a fresh interpreter in
+    which `import infini_bench` fails loads it with trust_remote_code=True to the same logits."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny(memory_type, num_memories, infini_layers=layers)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert {"modeling_infini_pythia.py", "configuration_infini_pythia.py", "memory.py"} <= {
+        p.name for p in (tmp_path / "ckpt").iterdir()}
+    x = tokens(length=27)
+    save_file({"x": x}, tmp_path / "x.safetensors")
+    code = f"""
+import os, sys
+sys.path = [p for p in sys.path if not os.path.isdir(os.path.join(p or ".", "infini_bench"))]
+sys.modules["infini_bench"] = None  # and any import of infini_bench fails
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+model = AutoModelForCausalLM.from_pretrained({str(tmp_path / "ckpt")!r}, trust_remote_code=True).eval()
+assert not type(model).__module__.startswith("infini_bench"), type(model).__module__
+try:
+    import infini_bench
+    raise SystemExit("infini_bench importable")
+except ImportError:
+    pass
+with torch.no_grad():
+    logits = model(load_file({str(tmp_path / "x.safetensors")!r})["x"]).logits
+save_file({{"logits": logits, "module": torch.tensor(list(type(model).__module__.encode()))}},
+          {str(tmp_path / "out.safetensors")!r})
+"""
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = load_file(tmp_path / "out.safetensors")
+    assert bytes(out["module"].tolist()).decode().startswith("transformers_modules.")
+    with torch.no_grad():
+        expected = model(x).logits
+    torch.testing.assert_close(out["logits"], expected, rtol=1e-5, atol=1e-5)

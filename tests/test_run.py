@@ -1,5 +1,6 @@
 """`python -m infini_bench.run`: the smoke suite end to end, and bad input."""
 
+import dataclasses
 import json
 import re
 import sys
@@ -10,7 +11,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import infini_bench.models  # noqa: F401  (registers the Auto classes)
 from helpers import run_cli, table_rows, write_suite
+from infini_bench.leaderboard import main as leaderboard_main
+from infini_bench.pipeline import run_dir, seeds_of
 from infini_bench.run import main
+from infini_bench.suites import load_run_config
 
 
 @pytest.mark.slow
@@ -56,6 +60,9 @@ def test_run_directory_records_everything(smoke):
     assert len(lines) == json.loads((run / "results.json").read_text())["epochs_trained"]
     assert list((run / "tensorboard").iterdir())
     assert (run / "model.safetensors").exists() and not list(run.glob("*.bin")) and not (run / "trainer").exists()
+    auto_map = json.loads((run / "config.json").read_text())["auto_map"]  # it carries its own model code
+    assert auto_map["AutoModelForCausalLM"] == "modeling_infini_pythia.InfiniPythiaForCausalLM"
+    assert (run / "modeling_infini_pythia.py").exists() and (run / "memory.py").exists()
 
 
 @pytest.mark.slow
@@ -125,7 +132,25 @@ BAD_INPUTS = [
     (lambda t: ["--suite", write_suite(t, models=[{"name": "x", "bptt_segments": -2}])], "bptt_segments: expected"),
     (lambda t: ["--suite", broken_checkpoint(t, truncate=True)], "checkpoint: "),
     (lambda t: ["--suite", broken_checkpoint(t, truncate=False)], "is truncated or corrupted"),
+    # Found by trying the commands as a new user would:
+    (lambda t: ["--suite", "smoke", "--output-dir", "/proc/infini-bench-out"],
+     "output-dir: '/proc/infini-bench-out' is not writable"),
+    (lambda t: ["--suite", "smoke", "--data", binary_file(t, "corpus.txt")], "data: "),
+    (lambda t: ["--suite", "smoke", "--data", binary_file(t, "corpus.txt")], "corpus.txt is not UTF-8 text"),
+    (lambda t: ["--suite", "smoke", "--data", binary_file(t, "corpus.parquet")], "is not a Parquet file"),
+    (lambda t: ["--suite", "smoke", "--seed", "-1"], "seed: expected a non-negative integer, got -1"),
+    (lambda t: ["leaderboard", str(t / "missing"), "smoke"], "output_dir: no results of suite 'smoke' in "),
+    (lambda t: ["leaderboard", str(t / "a_file"), "smoke"], "output_dir: no results of suite 'smoke' in "),
+    (lambda t: ["--suite", write_suite(t, base="nope")], "suite.base: unknown 'nope'"),
+    (lambda t: ["--suite", write_suite(t, base=str(t / "suite.yaml"))], "suite.yaml' extends itself"),
 ]
+
+
+def binary_file(tmp_path, name) -> str:
+    """Random bytes under a text or Parquet file name."""
+    path = tmp_path / name
+    path.write_bytes(bytes(range(256)) * 64)
+    return str(path)
 
 
 def bad_deepspeed_json(tmp_path) -> str:
@@ -148,23 +173,30 @@ def broken_checkpoint(tmp_path, truncate: bool):
 
 
 def tree(path):
-    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in path.rglob("*")) if path.exists() else []
+    """Every path below `path`, with size and modification time for files (a folder's own time
+    changes when the writability probe makes and removes a folder in it)."""
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (str(p),)
+                  for p in path.rglob("*")) if path.exists() else []
 
 
 @pytest.mark.parametrize("make_args,message", BAD_INPUTS)
 def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, make_args, message):
+    """`python -m infini_bench.run ...` (or `python -m infini_bench.leaderboard ...` for rows
+    starting with "leaderboard"): exit status 2, one `error: <field>: ...` line, and nothing
+    written anywhere under the test's folder (which holds the output folder)."""
     (tmp_path / "a_file").write_text("not a folder")
-    out = tmp_path / "out"
     args = make_args(tmp_path)
-    if "--output-dir" not in args:
-        args += ["--output-dir", str(out)]
-    before = tree(out)
+    entry = leaderboard_main if args[0] == "leaderboard" else main
+    args = args[1:] if entry is leaderboard_main else args
+    if entry is main and "--output-dir" not in args:
+        args += ["--output-dir", str(tmp_path / "out")]
+    before = tree(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
-        sys.exit(main(args))
+        sys.exit(entry(args))
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
-    assert tree(out) == before
+    assert tree(tmp_path) == before
 
 
 @pytest.mark.slow
@@ -186,8 +218,6 @@ def test_unknown_suite_lists_the_accepted_ones(capsys):
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 @pytest.mark.parametrize("suite", ["core", "core-seq", "smoke"])
 def test_shipped_suites_resolve(suite, device, tmp_path):
-    from infini_bench.suites import load_run_config
-
     config = load_run_config(suite, device, output_dir=str(tmp_path))
     assert [m.name for m in config.models] == ["Pythia baseline", "Single Memory", "Multi Memory (4)",
                                                "Hierarchical (4)"]
@@ -199,3 +229,25 @@ def test_shipped_suites_resolve(suite, device, tmp_path):
             assert config.data.tokenizer == "pythia" and config.training.max_epochs == 30
     if suite == "core-seq":
         assert scopes == {"sequence"} and {config.model_config(m).segment_len for m in config.models} == {64}
+
+
+@pytest.mark.parametrize("suite_seed", [0, 42])
+def test_every_seed_gets_its_own_run_directory(tmp_path, suite_seed):
+    """--seed 0 --seeds 2 once wrote both seeds into one folder (0 was taken for "no seed")."""
+    config = load_run_config("smoke", "cpu", output_dir=str(tmp_path), seed=suite_seed, num_seeds=2)
+    spec = config.models[1]
+    names = [run_dir(dataclasses.replace(config, training=dataclasses.replace(config.training, seed=s)), spec,
+                     suite_seed=config.training.seed).name for s in seeds_of(config)]
+    assert names == ["single-memory", f"single-memory-seed{suite_seed + 1}"]
+
+
+def test_a_suite_extends_its_base(tmp_path):
+    """core-seq names `base: core` and holds only its differences."""
+    core = load_run_config("core", "cpu", output_dir=str(tmp_path))
+    seq = load_run_config("core-seq", "cpu", output_dir=str(tmp_path))
+    assert (seq.data, seq.training, seq.evaluation, seq.preset) == (core.data, core.training, core.evaluation,
+                                                                     core.preset)
+    assert [m.name for m in seq.models] == [m.name for m in core.models]
+    for a, b in zip(core.models, seq.models):
+        assert b.overrides == {**a.overrides, "memory_scope": "sequence", "segment_len": 64}
+    assert seq.suite == "core-seq" and seq.description != core.description

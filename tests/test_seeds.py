@@ -60,3 +60,12 @@ def test_same_seed_gives_identical_metrics(two_seeds, smoke):
         first = json.loads((reference / "runs" / "smoke" / slug / "results.json").read_text())
         for key in ("best_val_ppl", "validation", "reversal", "curve", "parameters"):
             assert again[key] == first[key], (slug, key)
+
+
+def test_seed_zero_with_two_seeds_keeps_both_runs(tmp_path):
+    result = run_cli("--suite", "smoke", "--seed", "0", "--seeds", "2", "--models", "single-memory",
+                     "--max-epochs", "1", "--output-dir", str(tmp_path), cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = tmp_path / "runs" / "smoke"
+    seeds = {p.parent.name: json.loads(p.read_text())["seed"] for p in runs.glob("*/results.json")}
+    assert seeds == {"single-memory": 0, "single-memory-seed1": 1}

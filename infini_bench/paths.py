@@ -1,5 +1,8 @@
 """Where shipped files live (suite, sweep and DeepSpeed configs; lm-eval tasks), and output checks.
 
+    python -m infini_bench.paths tasks     # the folder to give lm_eval as --include_path
+    python -m infini_bench.paths configs   # the shipped configs (suites/, sweeps/, deepspeed/)
+
 In a checkout they are the repository's `configs/` and `tasks/`; an installed wheel carries
 copies inside the package (`infini_bench/configs`, `infini_bench/tasks`). A `configs/<kind>`
 folder in the working directory comes first, so users can add their own.
@@ -7,8 +10,11 @@ No torch import: used while a command line is still being checked.
 """
 
 import os
+import sys
 import tempfile
 from pathlib import Path
+
+from .cli import ArgumentParser
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -57,3 +63,15 @@ def check_writable(path: Path, field: str = "output-dir"):
         os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".infini-bench-check-"))
     except OSError as error:
         raise ValueError(f"{field}: {str(path)!r} is not writable ({error.strerror or error})") from None
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog="python -m infini_bench.paths", description="Print where a shipped folder is")
+    parser.add_argument("folder", choices=["tasks", "configs"])
+    args = parser.parse_args(argv)
+    print(tasks_dir() if args.folder == "tasks" else shipped("configs"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

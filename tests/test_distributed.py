@@ -187,17 +187,50 @@ def test_global_batch_that_does_not_divide_among_the_processes(tmp_path, monkeyp
     assert not (tmp_path / "out").exists()
 
 
+TORCHRUN_ARGS = ("smoke", "--models", "single-memory")
+
+
+@pytest.fixture(scope="module")
+def torchrun_one_node(smoke, tmp_path_factory):
+    """launch/torchrun.sh on one node with 2 processes, run once: its output folder."""
+    out = tmp_path_factory.mktemp("torchrun")
+    launch("launch/torchrun.sh", *TORCHRUN_ARGS, "--output-dir", str(out), cache=smoke[0] / "cache", NPROC="2")
+    return out
+
+
 @pytest.mark.slow
-def test_torchrun_two_processes_match_one(smoke, tmp_path):
+def test_torchrun_two_processes_match_one(smoke, torchrun_one_node):
     """launch/torchrun.sh (DDP, no DeepSpeed), 2 processes: the same entry point and results
     format, validation PPL within 2% of the 1-process run, the saved model re-evaluates equal."""
     out, _ = smoke
-    args = ("smoke", "--models", "single-memory", "--output-dir", str(tmp_path))
-    launch("launch/torchrun.sh", *args, cache=out / "cache", NPROC="2")
-    two = json.loads((tmp_path / "runs/smoke/single-memory/results.json").read_text())
+    two = json.loads((torchrun_one_node / "runs/smoke/single-memory/results.json").read_text())
     one = json.loads((out / "runs/smoke/single-memory/results.json").read_text())
-    assert json.loads((tmp_path / "runs/smoke/single-memory/environment.json").read_text())[
+    assert json.loads((torchrun_one_node / "runs/smoke/single-memory/environment.json").read_text())[
         "data_parallel_processes"] == 2
     assert two["best_val_ppl"] == pytest.approx(one["best_val_ppl"], rel=0.02)
-    reevaluated = launch("launch/torchrun.sh", *args, "--reevaluate", cache=out / "cache", NPROC="2")
+    reevaluated = launch("launch/torchrun.sh", *TORCHRUN_ARGS, "--output-dir", str(torchrun_one_node),
+                         "--reevaluate", cache=out / "cache", NPROC="2")
     assert "Single Memory: val PPL" in reevaluated.stdout and "PPLs: match" in reevaluated.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_match_one_node(smoke, torchrun_one_node, tmp_path):
+    """The multi-node path of launch/torchrun.sh on one machine: two node processes (NNODES=2,
+    node ranks 0 and 1, one process each, c10d rendezvous on localhost) form one group of 2 and
+    train exactly what one node with 2 processes trains."""
+    cache = smoke[0] / "cache"
+    env = launcher_env(cache, NNODES="2", NPROC="1", MASTER_ADDR="127.0.0.1")
+    nodes = [subprocess.Popen(["bash", "launch/torchrun.sh", *TORCHRUN_ARGS, "--output-dir", str(tmp_path)],
+                              cwd=REPO, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    logs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    run = tmp_path / "runs/smoke/single-memory"
+    assert json.loads((run / "environment.json").read_text())["data_parallel_processes"] == 2
+    two_nodes = json.loads((run / "results.json").read_text())
+    one_node = json.loads((torchrun_one_node / "runs/smoke/single-memory/results.json").read_text())
+    assert two_nodes["best_val_ppl"] == pytest.approx(one_node["best_val_ppl"], rel=1e-6)
+    assert [c["val_ppl"] for c in two_nodes["curve"]] == pytest.approx([c["val_ppl"] for c in one_node["curve"]],
+                                                                       rel=1e-6)
+    one_process = json.loads((smoke[0] / "runs/smoke/single-memory/results.json").read_text())
+    assert two_nodes["best_val_ppl"] == pytest.approx(one_process["best_val_ppl"], rel=0.02)

@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from helpers import REPO, run_cli
+from helpers import REPO, launcher_env, run_cli
 
 pytestmark = pytest.mark.slow  # every test here runs the command line end to end
 
@@ -117,3 +117,35 @@ def test_bad_sweep_files_give_one_line_errors(tmp_path):
         assert not (tmp_path / "out").exists()
     result = sweep_cli("--config", "smoke", "--resume", "--output-dir", str(tmp_path / "out"), cache=tmp_path / "cache")
     assert result.returncode == 2 and "resume: no sweep 'smoke' to resume" in result.stderr
+
+
+def ray_cli(*args, env):
+    return subprocess.run(["ray", *args], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_two_node_ray_cluster_runs_the_smoke_sweep_through_ray_address(smoke_sweep, tmp_path):
+    """A head and a worker node (one CPU each) started with `ray start` on this machine;
+    launch/ray_sweep.sh with RAY_ADDRESS set runs the smoke sweep on that cluster: the trials
+    spread over both nodes and give the numbers of the local sweep."""
+    # Ray 2.60's `ray start --head` turns token authentication on; the worker and the driver
+    # read the same token (~/.ray/auth_token) in token mode.
+    env = launcher_env(tmp_path / "cache", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
+    port = env["MASTER_PORT"]
+    try:
+        head = ray_cli("start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false", env=env)
+        assert head.returncode == 0, head.stderr[-3000:]
+        worker = ray_cli("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", env=env)
+        assert worker.returncode == 0, worker.stderr[-3000:]
+        result = subprocess.run(["bash", "launch/ray_sweep.sh", "smoke", str(tmp_path)], cwd=REPO,
+                                env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, capture_output=True, text=True,
+                                timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        assert f"Ray at 127.0.0.1:{port}" in result.stdout
+    finally:
+        ray_cli("stop", "--force", env=env)
+    trials = json.loads((tmp_path / "runs" / "sweeps" / "smoke" / "trials.json").read_text())
+    assert len({t["last_reported"]["node"] for t in trials}) == 2  # both nodes ran trials
+    local = json.loads((smoke_sweep / "runs" / "sweeps" / "smoke" / "trials.json").read_text())
+    for ours, theirs in zip(trials, local):
+        assert ours["trial"] == theirs["trial"] and ours["error"] is None
+        assert ours["last_reported"]["val_ppl"] == pytest.approx(theirs["last_reported"]["val_ppl"], rel=1e-9)

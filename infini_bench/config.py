@@ -39,9 +39,16 @@ def _int_list(where, values, what="non-negative integers"):
 
 
 class Section:
-    """A suite section: `update` sets fields from a YAML mapping with type checks."""
+    """A suite section: checks itself when made; `update` sets fields from a YAML mapping with
+    type checks (the caller checks again once every override is in)."""
 
     section = ""
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self):
+        raise NotImplementedError
 
     def update(self, values: dict, where: str | None = None):
         where = where or self.section
@@ -161,6 +168,3 @@ class EvalConfig(Section):
             raise ValueError(f"evaluation.long_ppl_bins: expected non-negative integers starting at 0, got "
                              f"{list(self.long_ppl_bins)}")
         return self
-
-
-SECTIONS = {cls.section: cls for cls in (DataConfig, TrainConfig, EvalConfig)}

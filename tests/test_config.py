@@ -1,0 +1,28 @@
+"""Section configs check themselves, next to their fields, with the field's name in the message."""
+
+import pytest
+
+from infini_bench.config import DataConfig, EvalConfig, TrainConfig
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: DataConfig(num_samples=0), "data.num_samples: expected a positive integer"),
+    (lambda: DataConfig(val_fraction=1.0), "data.val_fraction"),
+    (lambda: DataConfig(seed=-3), "seed: expected a non-negative integer"),
+    (lambda: TrainConfig(lr=0.0), "training.lr"),
+    (lambda: TrainConfig(curriculum=({"sample_len": 64},)), "training.curriculum[0]: expected a mapping"),
+    (lambda: EvalConfig(passkey_depths=(0, 120)), "evaluation.passkey_depths: expected percentages"),
+    (lambda: EvalConfig(position_bins=(16, 32)), "evaluation.position_bins"),
+    (lambda: DataConfig().update({"sample_len": "long"}), "data.sample_len: expected int"),
+    (lambda: EvalConfig().update({"bins": [0]}), "evaluation.bins: unknown key"),
+])
+def test_a_bad_field_is_named(make, message):
+    with pytest.raises(ValueError, match=rf"^{message.replace('[', '[[]')}"):
+        make()
+
+
+def test_defaults_are_valid_and_updates_keep_types():
+    data = DataConfig().update({"num_samples": 10, "val_fraction": 1}, where="profiles.cpu.data")
+    assert data.num_samples == 10 and isinstance(data.val_fraction, float)
+    assert EvalConfig().update({"passkey_lengths": [1024]}).passkey_lengths == (1024,)
+    TrainConfig(), EvalConfig()

@@ -1,8 +1,8 @@
 """Section configs of a suite (data, training, evaluation): fields, defaults, self-validation.
 
 Every default is written here once; the evaluation code, the lm-eval tasks and the suite
-files read them from these classes. This module imports neither torch nor transformers, so
-a suite resolves (and its errors show) before anything heavy loads.
+files take them from these classes. This module imports neither torch nor transformers
+(tested): a section can be made and checked anywhere, the lm-eval task helpers included.
 Each `check()` raises ValueError naming the bad field as `<section>.<field>`.
 """
 
@@ -92,7 +92,7 @@ class DataConfig(Section):
         if not 0 <= self.passkey_fraction < 1:
             raise ValueError(f"data.passkey_fraction: expected a number in [0, 1), got {self.passkey_fraction}")
         if self.seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, got {self.seed}")
+            raise ValueError(f"data.seed: expected a non-negative integer, got {self.seed}")
         return self
 
 
@@ -116,11 +116,13 @@ class TrainConfig(Section):
     def check(self):
         for name in ("batch_size", "max_epochs", "patience", "logging_steps"):
             _positive(f"training.{name}", getattr(self, name))
-        if self.lr <= 0 or self.max_grad_norm <= 0 or self.weight_decay < 0:
-            raise ValueError(f"training.lr / max_grad_norm: expected positive numbers, got {self.lr} / "
-                             f"{self.max_grad_norm}")
+        for name in ("lr", "max_grad_norm"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"training.{name}: expected a positive number, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"training.weight_decay: expected 0 or more, got {self.weight_decay}")
         if self.seed < 0:
-            raise ValueError(f"seed: expected a non-negative integer, got {self.seed}")
+            raise ValueError(f"training.seed: expected a non-negative integer, got {self.seed}")
         for i, stage in enumerate(self.curriculum):
             where = f"training.curriculum[{i}]"
             if not isinstance(stage, dict) or set(stage) != set(STAGE_KEYS):

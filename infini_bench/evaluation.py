@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from .config import NUM_DISTRACTORS, PASSKEY_DEPTHS, REFERENCE_BINS
+from .config import REFERENCE_BINS
 from .data.passkey import passkey_documents
 from .data.reversal import distractors
 from .data.tokenizer import encode_long
@@ -241,8 +241,8 @@ def sentence_ppl(model, tokenizer, sentences, batch_size: int, device, autocast_
     return math.exp(np.mean([-lp.mean() for lp, _ in scored]))
 
 
-def reversal_metrics(model, tokenizer, facts, num_distractors: int = NUM_DISTRACTORS, batch_size: int = 16,
-                     device="cpu", autocast_dtype=None, seed: int = 0) -> dict:
+def reversal_metrics(model, tokenizer, facts, num_distractors: int, batch_size: int, device="cpu",
+                     autocast_dtype=None, seed: int = 0) -> dict:
     """Forward / backward sentence PPL (reference definition) and ranking accuracy."""
     device = torch.device(device)
     metrics = {"facts": len(facts), "distractors": num_distractors}
@@ -272,8 +272,8 @@ def context_limit(model) -> int | None:
     return None if hasattr(model, "empty_memory") else model.config.max_position_embeddings
 
 
-def passkey_grid(model, tokenizer, lengths, depths=PASSKEY_DEPTHS, docs_per_depth: int = 1, device="cpu",
-                 autocast_dtype=None, seed: int = 0) -> dict:
+def passkey_grid(model, tokenizer, lengths, depths, docs_per_depth: int, device="cpu", autocast_dtype=None,
+                 seed: int = 0) -> dict:
     """Pass-key accuracy for each length x depth, on the documents of the `infini_passkey` tasks
     and scored as their lm-eval request is (the key's tokens all greedy), with the key's mean
     log-probability (which shows partial retrieval before accuracy does). Lengths beyond a

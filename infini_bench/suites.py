@@ -141,12 +141,15 @@ def read_suite(path: Path, seen=()) -> dict:
         return raw
     if not isinstance(raw["base"], str):
         raise ValueError(f"suite.base: expected the name of a suite, got {raw['base']!r}")
-    base_path = find_config("suites", raw["base"], "suite.base", "")
+    base = raw["base"]
+    if base.endswith((".yaml", ".yml")) and not Path(base).is_absolute():
+        base = str(path.parent / base)  # a path is relative to the suite file, as lm-eval's `include:`
+    base_path = find_config("suites", base, "suite.base", "")
     if base_path.resolve() in seen or base_path.resolve() == path.resolve():
         raise ValueError(f"suite.base: {raw['base']!r} extends itself")
-    base = read_suite(base_path, (*seen, path.resolve()))
+    inherited = read_suite(base_path, (*seen, path.resolve()))
     own = {k: v for k, v in raw.items() if k != "base"}
-    return _merge({k: v for k, v in base.items() if k not in ("name", "description")}, own)
+    return _merge({k: v for k, v in inherited.items() if k not in ("name", "description")}, own)
 
 
 def load_run_config(suite: str, device: str, preset: str | None = None, data: str | None = None,

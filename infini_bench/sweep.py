@@ -35,7 +35,7 @@ from transformers import TrainerCallback
 from .cli import ArgumentParser
 from .io import atomic_write_json
 from .leaderboard import write_sweep_leaderboard
-from .paths import check_writable, find_config
+from .paths import find_config
 from .pipeline import environment, prepare_suite_data, run_model
 from .suites import ModelSpec, load_run_config
 from .training import pick_device
@@ -68,8 +68,9 @@ class SweepConfig:
         return points
 
 
-def load_sweep(name: str) -> SweepConfig:
-    """Read and validate a sweep file; raises ValueError naming the bad field."""
+def load_sweep(name: str, output_dir: str = ".") -> SweepConfig:
+    """Read and validate a sweep file (its trials as they would run into `output_dir`); raises
+    ValueError naming the bad field."""
     path = find_config("sweeps", name, "config", "sweep ")
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
@@ -101,7 +102,7 @@ def load_sweep(name: str) -> SweepConfig:
                          description=raw.get("description", ""), model=raw.get("model") or {}, grid=grid,
                          scheduler=scheduler, resources=resources, max_epochs=max_epochs)
     for params in config.trials():  # every trial's config must resolve before anything runs
-        trial_run_config(config, params, "cpu", ".")
+        trial_run_config(config, params, "cpu", output_dir)
     return config
 
 
@@ -227,8 +228,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        sweep = load_sweep(args.config)
-        check_writable(Path(args.output_dir))
+        sweep = load_sweep(args.config, args.output_dir)
         experiment = Path(args.output_dir).resolve() / "runs" / "sweeps" / sweep.name / "tune"
         if args.resume and not experiment.is_dir():
             raise ValueError(f"resume: no sweep {sweep.name!r} to resume in {experiment.parent}")

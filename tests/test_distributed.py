@@ -220,11 +220,15 @@ def test_torchrun_two_nodes_match_one_node(smoke, torchrun_one_node, tmp_path):
     train exactly what one node with 2 processes trains."""
     cache = smoke[0] / "cache"
     env = launcher_env(cache, NNODES="2", NPROC="1", MASTER_ADDR="127.0.0.1")
-    nodes = [subprocess.Popen(["bash", "launch/torchrun.sh", *TORCHRUN_ARGS, "--output-dir", str(tmp_path)],
-                              cwd=REPO, env={**env, "NODE_RANK": str(rank)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    logs = [node.communicate(timeout=900)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    logs = [tmp_path / f"node-{rank}.log" for rank in (0, 1)]  # files: a full pipe cannot stall a node
+    nodes = []
+    for rank, log in enumerate(logs):
+        with log.open("w") as output:
+            nodes.append(subprocess.Popen(["bash", "launch/torchrun.sh", *TORCHRUN_ARGS, "--output-dir",
+                                           str(tmp_path)], cwd=REPO, env={**env, "NODE_RANK": str(rank)},
+                                          stdout=output, stderr=subprocess.STDOUT))
+    codes = [node.wait(timeout=900) for node in nodes]
+    assert codes == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
     run = tmp_path / "runs/smoke/single-memory"
     assert json.loads((run / "environment.json").read_text())["data_parallel_processes"] == 2
     two_nodes = json.loads((run / "results.json").read_text())

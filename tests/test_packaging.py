@@ -46,3 +46,11 @@ def test_wheel_in_a_fresh_virtualenv_runs_the_smoke_suite_and_a_task(tmp_path):
     recorded = json.loads((run_dir / "results.json").read_text())["reversal"]["forward_acc"]
     assert accuracy == pytest.approx(recorded, abs=1e-9)  # the task and the leaderboard agree
 
+
+
+def test_paths_prints_the_shipped_folders(capsys):
+    """In a checkout the shipped folders are the repository's (a wheel: inside the package)."""
+    from infini_bench.paths import main
+
+    assert main(["tasks"]) == 0 and main(["configs"]) == 0
+    assert capsys.readouterr().out.split() == [str(REPO / "tasks"), str(REPO / "configs")]

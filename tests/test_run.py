@@ -137,11 +137,13 @@ BAD_INPUTS = [
     (lambda t: ["--suite", "smoke", "--data", binary_file(t, "corpus.txt")], "data: "),
     (lambda t: ["--suite", "smoke", "--data", binary_file(t, "corpus.txt")], "corpus.txt is not UTF-8 text"),
     (lambda t: ["--suite", "smoke", "--data", binary_file(t, "corpus.parquet")], "is not a Parquet file"),
-    (lambda t: ["--suite", "smoke", "--seed", "-1"], "seed: expected a non-negative integer, got -1"),
+    (lambda t: ["--suite", "smoke", "--seed", "-1"], "data.seed: expected a non-negative integer, got -1"),
     (lambda t: ["leaderboard", str(t / "missing"), "smoke"], "output_dir: no results of suite 'smoke' in "),
     (lambda t: ["leaderboard", str(t / "a_file"), "smoke"], "output_dir: no results of suite 'smoke' in "),
     (lambda t: ["--suite", write_suite(t, base="nope")], "suite.base: unknown 'nope'"),
-    (lambda t: ["--suite", write_suite(t, base=str(t / "suite.yaml"))], "suite.yaml' extends itself"),
+    (lambda t: ["--suite", write_suite(t, base="suite.yaml")], "suite.yaml' extends itself"),
+    (lambda t: ["--suite", write_suite(t, **{"data.reversal_facts": 12, "evaluation.num_distractors": 12})],
+     "data.reversal_facts: expected at least 13 (12 distractors need 12 other facts)"),
 ]
 
 

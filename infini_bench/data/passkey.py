@@ -10,7 +10,6 @@ built in seconds and their token counts are known without tokenizing them again.
 import random
 from dataclasses import dataclass
 
-from ..config import PASSKEY_DEPTHS
 from .embedded import filler_sentence
 
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
@@ -82,7 +81,7 @@ def passkey_sample(tokenizer, pool: FillerPool, length: int, rng: random.Random)
     return ids, [0] * (length - len(answer)) + [1] * len(answer)
 
 
-def passkey_documents(tokenizer, length: int, depths=PASSKEY_DEPTHS, docs_per_depth: int = 1,
+def passkey_documents(tokenizer, length: int, depths, docs_per_depth: int,
                       seed: int = 0) -> list[dict]:
     """The evaluation documents of one length: {context, target, depth, length} for each depth
     and document; the same for the same tokenizer and seed (lm-eval tasks and the suite share them)."""

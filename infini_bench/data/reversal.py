@@ -67,7 +67,7 @@ class Fact:
         return f"{self.relation[0].upper()}{self.relation[1:]} {self.thing} is", f" {self.name}"
 
 
-def reversal_facts(num_invented: int = 240, seed: int = 0) -> list[Fact]:
+def reversal_facts(num_invented: int, seed: int) -> list[Fact]:
     """`num_invented` invented facts with distinct names and things, then the real facts."""
     rng = random.Random(seed)
     facts, names, things = [], set(), set()

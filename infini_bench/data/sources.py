@@ -97,8 +97,10 @@ def stream_texts(kind: str, path: str | None):
 
 
 def _records(dataset, where):
-    """The dataset's records; a file that cannot be decoded is a ValueError naming the field."""
+    """The dataset's records; text that cannot be decoded is a ValueError naming the field
+    (other errors, a network failure say, pass through as they are)."""
     try:
         yield from dataset
-    except (UnicodeDecodeError, OSError) as error:
-        raise ValueError(f"data: cannot read {where} ({error.__class__.__name__})") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"data: {where} is not UTF-8 text past its start ({error.reason} at byte "
+                         f"{error.start} of a chunk)") from None

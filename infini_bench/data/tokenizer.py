@@ -44,7 +44,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def load_tokenizer(spec: str, texts=None, vocab_size: int = 4096, cache_dir: Path | None = None):
+def load_tokenizer(spec: str, texts=None, vocab_size: int | None = None, cache_dir: Path | None = None):
     """Tokenizer for `spec` and a description of what was used.
 
     spec: "pythia" (the hub's GPT-NeoX-20B tokenizer, trained BPE when unreachable), "bpe"

@@ -13,27 +13,24 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
 
-from infini_bench.config import NUM_DISTRACTORS, PASSKEY_DEPTHS, REFERENCE_BINS, DataConfig
+from infini_bench.config import PASSKEY_DEPTHS, REFERENCE_BINS, DataConfig, EvalConfig
 from infini_bench.data import default_cache_dir, prepare_data
 from infini_bench.data.passkey import passkey_documents
 from infini_bench.data.reversal import distractors, reversal_facts
 from infini_bench.evaluation import bin_edges
 
-PASSKEY_DOCS_PER_DEPTH = 2
-
-
 @cache
 def _run(pretrained: str | None):
-    """(DataConfig, tokenizer, number of distractors) of a run directory or checkpoint."""
+    """(DataConfig, tokenizer, EvalConfig) of a run directory (the ones it recorded, so that the
+    tasks score the leaderboard's data) or of another checkpoint (the defaults)."""
     if not pretrained:
         raise ValueError("infini_bench tasks need --model_args pretrained=<run dir or checkpoint>")
-    config, num_distractors = DataConfig(), NUM_DISTRACTORS
+    data, evaluation = DataConfig(), EvalConfig()
     run_config = Path(pretrained) / "run_config.json"
     if run_config.exists():
         recorded = json.loads(run_config.read_text())
-        config = DataConfig(**recorded["data"]["config"])
-        num_distractors = recorded["run"]["evaluation"]["num_distractors"]
-    return config, AutoTokenizer.from_pretrained(pretrained), num_distractors
+        data, evaluation = DataConfig(**recorded["data"]["config"]), EvalConfig(**recorded["run"]["evaluation"])
+    return data, AutoTokenizer.from_pretrained(pretrained), evaluation
 
 
 def _dataset(rows):
@@ -74,13 +71,13 @@ def token_ppl(items):
 # ---------- reversal ----------
 
 def _reversal_rows(pretrained, direction):
-    config, _, num_distractors = _run(pretrained)
+    config, _, evaluation = _run(pretrained)
     facts = reversal_facts(config.reversal_facts, seed=config.seed)
     rows = []
     for i, fact in enumerate(facts):
         prompt, answer = getattr(fact, f"{direction}_query")()
         rows.append({"prompt": prompt,
-                     "choices": [answer] + distractors(facts, i, direction, num_distractors, config.seed),
+                     "choices": [answer] + distractors(facts, i, direction, evaluation.num_distractors, config.seed),
                      "sentence": getattr(fact, direction), "real": fact.real})
     return rows
 
@@ -113,17 +110,18 @@ def mean_loss_ppl(losses):
 
 # ---------- passkey retrieval ----------
 
-def passkey_dataset(length, pretrained=None, depths=PASSKEY_DEPTHS, docs_per_depth=PASSKEY_DOCS_PER_DEPTH,
-                    seed=0, **kwargs):
+def passkey_dataset(length, pretrained=None, depths=None, docs_per_depth=None, seed=0, **kwargs):
     """Haystacks of `length` tokens (by the model's tokenizer) with a five-digit pass key hidden
-    at each depth; the request asks for the key after the haystack."""
-    _, tokenizer, _ = _run(pretrained)
-    return _dataset(passkey_documents(tokenizer, length, depths, docs_per_depth, seed))
+    at each depth; the request asks for the key after the haystack. Depths and documents per
+    depth: the run's own grid (evaluation.passkey_depths, passkey_docs) unless given."""
+    _, tokenizer, evaluation = _run(pretrained)
+    return _dataset(passkey_documents(tokenizer, length, depths or evaluation.passkey_depths,
+                                      docs_per_depth or evaluation.passkey_docs, seed))
 
 
 def passkey_results(doc, results):
     (loglikelihood, greedy), = results
-    metrics = {f"acc_depth_{d}": None for d in PASSKEY_DEPTHS}
+    metrics = {f"acc_depth_{d}": None for d in PASSKEY_DEPTHS}  # the template's metrics
     metrics[f"acc_depth_{doc['depth']}"] = float(greedy)
     metrics["acc"] = float(greedy)
     metrics["key_logprob"] = loglikelihood

@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from . import models  # noqa: F401  (registers infini_pythia with the Auto classes)
 from .data.tokenizer import encode_long
 from .evaluation import greedy_generate, score_tokens
-from .training import pick_device
+from .device import pick_device
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -24,12 +24,13 @@ from transformers import AutoModelForCausalLM, set_seed
 
 from . import distributed
 from .data import default_cache_dir, long_document, prepare_data
+from .device import autocast_dtype
 from .evaluation import context_limit, lm_metrics, long_document_ppl, passkey_grid, reversal_metrics, sample_token_nll
 from .io import atomic_write_json
 from .leaderboard import write_leaderboard
 from .models import build_model
 from .stats import bootstrap_ppl_ci
-from .training import (NonFiniteLoss, autocast_dtype, check_checkpoint, latest_checkpoint, per_process_batch, train,
+from .training import (NonFiniteLoss, check_checkpoint, latest_checkpoint, per_process_batch, train,
                        train_curriculum, windowed)
 
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors", "deepspeed", "lm_eval",

@@ -7,10 +7,7 @@ Parses the command line, resolves the suite and hands it to `infini_bench.pipeli
 import argparse
 import sys
 
-from . import pipeline, sweep
 from .cli import ArgumentParser
-from .suites import load_run_config
-from .training import pick_device
 
 
 def parse_args(argv=None):
@@ -38,8 +35,15 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # deferred: these import torch, transformers, datasets, matplotlib and Ray's wrappers
+    # (seconds); `--help` and a bad flag answer at once without them.
     if args.suite == "sweep":
+        from . import sweep
+
         return sweep.main(["--config", "default", "--output-dir", args.output_dir])
+    from .device import pick_device
+    from .suites import load_run_config
+
     try:
         device = pick_device(args.device)
         config = load_run_config(args.suite, device.type, preset=args.preset, data=args.data,
@@ -47,6 +51,8 @@ def main(argv=None) -> int:
                                  max_epochs=args.max_epochs,
                                  only_models=args.models.split(",") if args.models else None,
                                  num_seeds=args.seeds)
+        from . import pipeline  # after the config: a bad suite is reported before the Trainer loads
+
         pipeline.preflight(config, reevaluate=args.reevaluate)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

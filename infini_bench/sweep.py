@@ -38,7 +38,7 @@ from .leaderboard import write_sweep_leaderboard
 from .paths import find_config
 from .pipeline import environment, prepare_suite_data, run_model
 from .suites import ModelSpec, load_run_config
-from .training import pick_device
+from .device import pick_device
 
 # Ray itself is imported inside the functions that use it: importing it takes seconds, and
 # `python -m infini_bench.run` (which imports this module) needs it only for `--suite sweep`.

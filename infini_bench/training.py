@@ -21,21 +21,9 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from . import distributed
 from .config import EvalConfig, TrainConfig
+from .device import autocast_dtype
 from .evaluation import lm_metrics, reset_memory, sample_token_nll
 from .io import append_jsonl, atomic_write_json, atomic_write_text
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: 'cuda' requested but no CUDA device is available; accepted here: auto, cpu")
-    return torch.device(requested)
-
-
-def autocast_dtype(device: torch.device):
-    """bf16 on CUDA where supported, full precision elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
 def collate(features):

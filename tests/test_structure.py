@@ -11,6 +11,10 @@ PACKAGE = REPO / "infini_bench"
 # Imports made inside functions on purpose, with the reason (the code says so where they are).
 DEFERRED = {
     ("infini_bench/__init__.py", "infini_bench.models"): "`import infini_bench` stays cheap (no torch)",
+    ("infini_bench/run.py", "infini_bench.pipeline"): "`--help` and bad flags answer without torch",
+    ("infini_bench/run.py", "infini_bench.sweep"): "as above",
+    ("infini_bench/run.py", "infini_bench.device"): "as above",
+    ("infini_bench/run.py", "infini_bench.suites"): "as above",
     ("infini_bench/sweep.py", "ray"): "importing Ray takes seconds; only sweeps need it",
     ("infini_bench/sweep.py", "ray.tune.schedulers"): "as above",
 }

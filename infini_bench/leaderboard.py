@@ -23,6 +23,10 @@ from .stats import mean_ci
 from .suites import find_suite, read_suite
 
 
+def has_results(runs_dir: Path) -> bool:
+    return any(Path(runs_dir).glob("*/results.json"))
+
+
 def load_results(runs_dir: Path) -> list[dict]:
     results = []
     for path in sorted(Path(runs_dir).glob("*/results.json")):
@@ -233,7 +237,7 @@ def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, descrip
     Reading the results and writing the files happen under an exclusive lock, so of two runs
     finishing together the later rebuild sees both results. None (and nothing written) if the
     suite has no results yet."""
-    if not any(Path(runs_dir).glob("*/results.json")):
+    if not has_results(runs_dir):
         return None
     leaderboard_dir = Path(leaderboard_dir)
     leaderboard_dir.mkdir(parents=True, exist_ok=True)
@@ -286,8 +290,6 @@ def differences_table(groups, reference: str):
 
 def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, reference="Single Memory"):
     every_run = load_results(runs_dir)
-    if not every_run:
-        return None
     groups = {}
     for r in sorted(every_run, key=lambda r: (r.get("order", 0), r["seed"])):
         groups.setdefault(r["model"], []).append(r)
@@ -453,7 +455,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     root = Path(args.output_dir)
     runs = root / "runs" / args.suite
-    if not load_results(runs):
+    if not has_results(runs):
         fail(f"output_dir: no results of suite {args.suite!r} in {runs} (no <model>/results.json)")
     try:  # the suite file's description, as a suite run writes it
         description = read_suite(find_suite(args.suite)).get("description", "")

@@ -45,11 +45,6 @@ def find_config(kind: str, name: str, field: str, what: str, suffixes=(".yaml", 
                      f"or a {suffixes[0]} path")
 
 
-def tasks_dir() -> Path:
-    """The folder to give lm-eval as `--include_path`."""
-    return shipped("tasks")
-
-
 def check_writable(path: Path, field: str = "output-dir"):
     """ValueError unless a folder can be made at `path`: tried for real in its nearest existing
     parent (a permission check alone passes for root, even under /proc), then removed."""
@@ -69,7 +64,7 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m infini_bench.paths", description="Print where a shipped folder is")
     parser.add_argument("folder", choices=["tasks", "configs"])
     args = parser.parse_args(argv)
-    print(tasks_dir() if args.folder == "tasks" else shipped("configs"))
+    print(shipped(args.folder))
     return 0
 
 

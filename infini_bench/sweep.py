@@ -33,15 +33,15 @@ import yaml
 from transformers import TrainerCallback
 
 from .cli import ArgumentParser
+from .device import pick_device
 from .io import atomic_write_json
 from .leaderboard import write_sweep_leaderboard
 from .paths import find_config
 from .pipeline import environment, prepare_suite_data, run_model
 from .suites import ModelSpec, load_run_config
-from .device import pick_device
 
-# Ray itself is imported inside the functions that use it: importing it takes seconds, and
-# `python -m infini_bench.run` (which imports this module) needs it only for `--suite sweep`.
+# Ray itself is imported inside the functions that use it: importing it takes seconds, and a
+# bad sweep file is reported before it is needed.
 
 GRID_KEYS = ("memory_type", "num_memories", "lr")
 SWEEP_KEYS = {"name", "description", "suite", "model", "grid", "scheduler", "resources", "max_epochs"}

@@ -72,7 +72,8 @@ class DataConfig(Section):
     source: str = "embedded"       # embedded | pile | pg19 | pile:<local mirror> | a local file or folder
     num_samples: int = 5000
     sample_len: int = 256
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1     # early stopping and checkpoint selection
+    test_fraction: float = 0.1    # the leaderboard's held-out numbers
     tokenizer: str = "pythia"      # "pythia" (trained BPE offline), "bpe", or a hub name / local path
     vocab_size: int = 4096         # of a trained BPE tokenizer
     reversal_facts: int = 240      # invented facts (real ones are added)
@@ -85,8 +86,12 @@ class DataConfig(Section):
             _positive(f"data.{name}", getattr(self, name))
         if self.sample_len < 2:
             raise ValueError(f"data.sample_len: expected at least 2, got {self.sample_len}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"data.val_fraction: expected a number between 0 and 1, got {self.val_fraction}")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"data.{name}: expected a number between 0 and 1, got {getattr(self, name)}")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError(f"data.test_fraction: val_fraction + test_fraction must leave training samples, got "
+                             f"{self.val_fraction} + {self.test_fraction}")
         if self.reversal_repeats < 0:
             raise ValueError(f"data.reversal_repeats: expected 0 or more, got {self.reversal_repeats}")
         if not 0 <= self.passkey_fraction < 1:
@@ -103,7 +108,8 @@ class TrainConfig(Section):
     lr: float = 1e-4
     batch_size: int = 8            # global: split over the data-parallel processes
     max_epochs: int = 30
-    patience: int = 1
+    patience: int = 1              # epochs without an improvement of more than min_delta before stopping
+    min_delta: float = 0.0         # validation PPL
     max_grad_norm: float = 1.0
     weight_decay: float = 0.01     # torch's AdamW default, as in the reference
     seed: int = 42
@@ -119,6 +125,8 @@ class TrainConfig(Section):
         for name in ("lr", "max_grad_norm"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"training.{name}: expected a positive number, got {getattr(self, name)}")
+        if self.min_delta < 0:
+            raise ValueError(f"training.min_delta: expected 0 or more, got {self.min_delta}")
         if self.weight_decay < 0:
             raise ValueError(f"training.weight_decay: expected 0 or more, got {self.weight_decay}")
         if self.seed < 0:
@@ -139,7 +147,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     section = "evaluation"
 
-    batch_size: int = 16
+    batch_size: int = 16                       # stream scope evaluates with the training batch instead
     position_bins: tuple = REFERENCE_BINS
     num_distractors: int = NUM_DISTRACTORS
     reversal: bool = True                      # reversal-curse metrics

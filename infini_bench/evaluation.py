@@ -68,23 +68,36 @@ def bin_edges(bins, length: int) -> list[tuple[int, int]]:
     return list(zip(bins, [*bins[1:], length]))
 
 
+def position_bins(bins, width: int, sample_len: int | None = None) -> list[tuple[str, int, int]]:
+    """(label, start, end) of each position bin over losses of `width` positions; labels end at
+    `sample_len` (the sample's length) for the last bin."""
+    label_end = sample_len or width + 1
+    return [(f"{start}-{label_end if end == width else end}", start, end) for start, end in bin_edges(bins, width)]
+
+
 def lm_metrics(nll: np.ndarray, recall: np.ndarray | None, bins=REFERENCE_BINS, sample_len: int | None = None):
     """PPL overall, on recall tokens, and per position bin, from losses [N, L - 1].
 
     recall: [N, L] flags of the samples' tokens; a loss counts as recall when its target is one.
     """
-    metrics = {"ppl": math.exp(nll.mean()), "tokens": int(nll.size)}
+    metrics = {"ppl": math.exp(nll.mean()), "samples": int(nll.shape[0]), "tokens": int(nll.size)}
     if recall is not None:
         target_recall = np.asarray(recall)[:, 1:].astype(bool)
         metrics["recall_tokens"] = int(target_recall.sum())
         metrics["recall_ppl"] = math.exp(nll[target_recall].mean()) if target_recall.any() else None
-    label_end = sample_len or nll.shape[1] + 1
-    positions = {}
-    for start, end in bin_edges(bins, nll.shape[1]):
-        label = f"{start}-{label_end if end == nll.shape[1] else end}"
-        positions[label] = math.exp(nll[:, start:end].mean())
-    metrics["position_ppl"] = positions
+    metrics["position_ppl"] = {label: math.exp(nll[:, start:end].mean())
+                               for label, start, end in position_bins(bins, nll.shape[1], sample_len)}
     return metrics
+
+
+def per_sample_losses(nll: np.ndarray, recall, bins=REFERENCE_BINS, sample_len: int | None = None) -> dict:
+    """The per-sample parts of `lm_metrics`, for paired bootstraps (every sample has the same
+    number of losses): mean loss, recall-token loss sum and count, mean loss of each position bin."""
+    target_recall = np.asarray(recall)[:, 1:].astype(bool)
+    return {"nll": nll.mean(1).tolist(), "recall_nll": (nll * target_recall).sum(1).tolist(),
+            "recall_tokens": target_recall.sum(1).tolist(),
+            "position_nll": {label: nll[:, start:end].mean(1).tolist()
+                             for label, start, end in position_bins(bins, nll.shape[1], sample_len)}}
 
 
 def chunk_tokens(model) -> int:
@@ -233,22 +246,24 @@ def loglikelihoods(model, tokenizer, requests, batch_size: int, device, autocast
             for lp, greedy in score_tokens(model, rows, batch_size, device, autocast_dtype)]
 
 
-def sentence_ppl(model, tokenizer, sentences, batch_size: int, device, autocast_dtype=None) -> float:
-    """The reference's reversal PPL: exp(mean over sentences of each sentence's mean token loss),
-    the first token of each sentence being context only."""
+def sentence_losses(model, tokenizer, sentences, batch_size: int, device, autocast_dtype=None) -> np.ndarray:
+    """Each sentence's mean token loss, its first token being context only; the reference's
+    reversal PPL is exp of their mean."""
     rows = [(tokenizer(s, add_special_tokens=False)["input_ids"], 1) for s in sentences]
-    scored = score_tokens(model, rows, batch_size, device, autocast_dtype)
-    return math.exp(np.mean([-lp.mean() for lp, _ in scored]))
+    return np.array([-lp.mean() for lp, _ in score_tokens(model, rows, batch_size, device, autocast_dtype)])
 
 
-def reversal_metrics(model, tokenizer, facts, num_distractors: int, batch_size: int, device="cpu",
-                     autocast_dtype=None, seed: int = 0) -> dict:
-    """Forward / backward sentence PPL (reference definition) and ranking accuracy."""
+def reversal_metrics(model, tokenizer, facts, num_distractors: int, batch_size: int, device, autocast_dtype,
+                     seed: int) -> dict:
+    """Forward / backward sentence PPL (reference definition) and ranking accuracy; `items` holds
+    each fact's sentence loss and correctness (for paired bootstraps); `seed`: the suite's."""
     device = torch.device(device)
-    metrics = {"facts": len(facts), "distractors": num_distractors}
+    metrics, items = {"facts": len(facts), "distractors": num_distractors}, {}
     for direction in ("forward", "backward"):
-        metrics[f"{direction}_ppl"] = sentence_ppl(model, tokenizer, [getattr(f, direction) for f in facts],
-                                                   batch_size, device, autocast_dtype)
+        losses = sentence_losses(model, tokenizer, [getattr(f, direction) for f in facts], batch_size, device,
+                                 autocast_dtype)
+        metrics[f"{direction}_ppl"] = math.exp(losses.mean())
+        items[f"{direction}_nll"] = losses.tolist()
         requests, groups = [], []
         for i, fact in enumerate(facts):
             prompt, answer = getattr(fact, f"{direction}_query")()
@@ -262,9 +277,9 @@ def reversal_metrics(model, tokenizer, facts, num_distractors: int, batch_size: 
             correct.append(int(np.argmax(group) == 0))
             at += size
         metrics[f"{direction}_acc"] = float(np.mean(correct))
-        metrics[f"{direction}_acc_stderr"] = float(np.std(correct, ddof=1) / math.sqrt(len(correct)))
+        items[f"{direction}_correct"] = correct
     metrics["ppl_gap"] = metrics["backward_ppl"] - metrics["forward_ppl"]
-    return metrics
+    return {**metrics, "items": items}
 
 
 def context_limit(model) -> int | None:
@@ -272,8 +287,8 @@ def context_limit(model) -> int | None:
     return None if hasattr(model, "empty_memory") else model.config.max_position_embeddings
 
 
-def passkey_grid(model, tokenizer, lengths, depths, docs_per_depth: int, device="cpu", autocast_dtype=None,
-                 seed: int = 0) -> dict:
+def passkey_grid(model, tokenizer, lengths, depths, docs_per_depth: int, device, autocast_dtype,
+                 seed: int) -> dict:
     """Pass-key accuracy for each length x depth, on the documents of the `infini_passkey` tasks
     and scored as their lm-eval request is (the key's tokens all greedy), with the key's mean
     log-probability (which shows partial retrieval before accuracy does). Lengths beyond a

@@ -7,6 +7,7 @@ finishing together cannot lose each other's rows.
 
 import fcntl
 import json
+import math
 import os
 import sys
 import tempfile
@@ -16,22 +17,74 @@ import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from scipy import stats
 
 from .cli import ArgumentParser, fail
 from .io import atomic_write_text
-from .stats import mean_ci
+from .seeds import BOOTSTRAP, stream_seed
+from .stats import MIN_BLOCKS, Metric, bootstrap_interval, holm, mean_ci, paired_bootstrap, paired_t
 from .suites import find_suite, read_suite
+
+
+class RunsDisagree(ValueError):
+    """Runs that would be pooled or compared differ (or are of an older format)."""
 
 
 def has_results(runs_dir: Path) -> bool:
     return any(Path(runs_dir).glob("*/results.json"))
 
 
-def load_results(runs_dir: Path) -> list[dict]:
+def load_results(runs_dir: Path, seeds=None) -> list[dict]:
+    """Every results.json (of `seeds`, if given), each with `dir` (its run directory) added."""
     results = []
     for path in sorted(Path(runs_dir).glob("*/results.json")):
-        results.append(json.loads(path.read_text()))
-    return sorted(results, key=lambda r: r.get("order", 0))
+        r = json.loads(path.read_text())
+        if seeds is None or r["seed"] in seeds:
+            results.append({**r, "dir": str(path.parent)})
+    return sorted(results, key=lambda r: (r.get("order", 0), r["seed"]))
+
+
+def _flat(d, prefix=""):
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _first_difference(a: dict, b: dict, skip=()) -> str:
+    fa, fb = _flat(a), _flat(b)
+    for key in sorted(set(fa) | set(fb)):
+        if key not in skip and fa.get(key) != fb.get(key):
+            return f"{key} ({fa.get(key)!r} vs {fb.get(key)!r})"
+    return "their resolved configs"
+
+
+def group_runs(results) -> dict:
+    """Runs by model, pooled across seeds only when their configs agree (seed aside), and models
+    compared only when their data agrees; ValueError naming the differing field otherwise."""
+    groups = {}
+    for r in results:
+        if "config_fingerprint" not in r or not (Path(r["dir"]) / "per_item.json").is_file():
+            raise RunsDisagree(f"runs: {r['dir']} was written by an older infini-bench (no config fingerprint or "
+                             f"per_item.json); rerun the suite, which retrains it")
+        groups.setdefault(r["model"], []).append(r)
+    for name, runs in groups.items():
+        for r in runs[1:]:
+            if r["config_fingerprint"] != runs[0]["config_fingerprint"]:
+                a, b = (json.loads((Path(x["dir"]) / "run_config.json").read_text()) for x in (runs[0], r))
+                field = _first_difference(a, b, skip=("run.training.seed", "fingerprint"))
+                raise RunsDisagree(f"runs: {name} seed {r['seed']} and seed {runs[0]['seed']} differ in {field}; "
+                                 f"runs are pooled across seeds only when their configs agree")
+    first = results[0]
+    for r in results[1:]:
+        if r["data"]["config"] != first["data"]["config"]:
+            field = _first_difference(first["data"]["config"], r["data"]["config"])
+            raise RunsDisagree(f"runs: {r['model']} and {first['model']} differ in data.{field}; models are "
+                             f"compared only on the same data")
+    return groups
 
 
 def _fmt(value, digits=1):
@@ -42,21 +95,84 @@ def _fmt(value, digits=1):
     return str(value)
 
 
+def _digits(width: float, at_least: int) -> int:
+    """Decimals that show an interval of this width with two significant digits (never ± 0.00)."""
+    if not width or width != width or width <= 0:
+        return at_least
+    return max(at_least, min(8, 1 - math.floor(math.log10(width))))
+
+
+def _with_ci(value, ci, digits=2) -> str:
+    if value is None or ci is None or any(c != c for c in ci):
+        return _fmt(value, digits)
+    if ci[0] == ci[1] == value:
+        return f"{value:.{digits}f} (the same on every resample)"
+    d = _digits((ci[1] - ci[0]) / 2, digits)
+    return f"{value:.{d}f} [{ci[0]:.{d}f}, {ci[1]:.{d}f}]"
+
+
+def _pm(mean, half, digits):
+    if half != half:
+        return _fmt(mean, digits)
+    if half == 0:
+        return f"{mean:.{digits}f} (no spread)"
+    d = _digits(half, digits)
+    return f"{mean:.{d}f} ± {half:.{d}f}"
+
+
 def _kilobytes(n):
     return "—" if not n else f"{n / 1000:.0f} KB"
+
+
+def _items(r) -> dict:
+    return json.loads((Path(r["dir"]) / "per_item.json").read_text())
+
+
+def _rng(r, what):
+    return np.random.default_rng(stream_seed(r["data"]["config"]["seed"], BOOTSTRAP, what, r["slug"]))
+
+
+ITEM_METRICS = {  # label: (part of per_item.json, numerator, denominator or None, PPL?, digits); a PPL is
+    "test PPL": ("test", "nll", None, True, 2),                          # better lower, an accuracy higher
+    "recall-token PPL": ("test", "recall_nll", "recall_tokens", True, 2),
+    "forward acc": ("reversal", "forward_correct", None, False, 3),
+    "backward acc": ("reversal", "backward_correct", None, False, 3),
+    "backward PPL": ("reversal", "backward_nll", None, True, 1),
+}
+
+
+def item_metric(items: dict, label: str) -> Metric | None:
+    part, num, den, log_scale, _ = ITEM_METRICS[label]
+    if part not in items:
+        return None
+    numerator = np.asarray(items[part][num], dtype=float)
+    denominator = np.asarray(items[part][den], dtype=float) if den else np.ones(len(numerator))
+    return Metric(numerator, denominator, log_scale)
+
+
+def _blocks(r, part) -> tuple[int, int]:
+    """(block, align) of the run's resampling: test samples as its results.json says, facts one
+    by one (each is scored with an empty memory)."""
+    return (r["test"]["bootstrap_block"], r["test"]["bootstrap_align"]) if part == "test" else (1, 1)
 
 
 def summary_table(results):
     rows = []
     for r in results:
-        ci = r["validation"].get("ppl_bootstrap_ci95")
+        items = _items(r)
+        test = r["test"]
+        recall = item_metric(items, "recall-token PPL")
+        recall_ci = bootstrap_interval(recall, *_blocks(r, "test"), _rng(r, "test-recall")) \
+            if test.get("recall_ppl") is not None else None
         rows.append({
             "model": r["model"],
-            "best val PPL": _fmt(r["best_val_ppl"], 2),
-            "95% CI (bootstrap)": f"{ci[0]:.2f}–{ci[1]:.2f}" if ci else "—",
+            "test PPL [95% CI]": _with_ci(test["ppl"], test["ppl_bootstrap_ci95"]),
+            "recall-token PPL [95% CI]": _with_ci(test.get("recall_ppl"), recall_ci),
+            "n": f"{test['samples']} samples, {test.get('recall_tokens', 0)} recall tokens",
+            "best val PPL": _fmt(r["best_val_ppl"], 3),
             "best epoch": r["best_epoch"],
             "epochs run": r["epochs_trained"],
-            "recall-token PPL": _fmt(r["validation"].get("recall_ppl"), 2),
+            "stop": r["stop"],
             "memory state": _kilobytes(r["memory_bytes"]),
             "parameters": f"{r['parameters']:,}",
             "train time": f"{r['train_time_s'] / 60:.1f} min",
@@ -73,7 +189,7 @@ def curves_table(results):
     for r in results:
         by_epoch = {c["epoch"]: c for c in r["curve"]}
         table[f"{r['model']} (train / val)"] = [
-            f"{_fmt(by_epoch[e].get('train_ppl'), 2)} / {_fmt(by_epoch[e]['val_ppl'], 2)}" if e in by_epoch else "—"
+            f"{_fmt(by_epoch[e].get('train_ppl'), 3)} / {_fmt(by_epoch[e]['val_ppl'], 3)}" if e in by_epoch else "—"
             for e in epochs]
     return pd.DataFrame(table)
 
@@ -84,25 +200,45 @@ def _by_start(buckets):
 
 
 def position_table(results):
-    bins = _by_start({b for r in results for b in r["validation"]["position_ppl"]})
+    bins = _by_start({b for r in results for b in r["test"]["position_ppl"]})
     table = {"positions": bins}
     for r in results:
-        table[r["model"]] = [_fmt(r["validation"]["position_ppl"].get(b)) for b in bins]
+        items = _items(r)["test"]["position_nll"]
+        cells = []
+        for b in bins:
+            if b not in items:  # a windowed model (context limit) has other bins
+                cells.append("—")
+                continue
+            values = np.asarray(items[b])
+            ci = bootstrap_interval(Metric(values, np.ones(len(values)), True), *_blocks(r, "test"),
+                                    _rng(r, f"test-position-{b}"))
+            cells.append(_with_ci(r["test"]["position_ppl"][b], ci, 1))
+        table[r["model"]] = cells
     return pd.DataFrame(table)
+
+
+def _wilson(successes: int, n: int) -> list[float]:
+    ci = stats.binomtest(successes, n).proportion_ci(method="wilson")
+    return [float(ci.low), float(ci.high)]
 
 
 def reversal_table(results):
     rows = []
     for r in results:
-        rev = r["reversal"]
-        rows.append({
-            "model": r["model"],
-            "forward PPL": _fmt(rev["forward_ppl"]),
-            "backward PPL": _fmt(rev["backward_ppl"]),
-            "gap": _fmt(rev["ppl_gap"]),
-            "forward acc": f"{rev['forward_acc']:.3f} ± {rev['forward_acc_stderr']:.3f}",
-            "backward acc": f"{rev['backward_acc']:.3f} ± {rev['backward_acc_stderr']:.3f}",
-        })
+        rev, items = r["reversal"], _items(r)
+        row = {"model": r["model"]}
+        for direction in ("forward", "backward"):
+            nll = np.asarray(items["reversal"][f"{direction}_nll"])
+            ci = bootstrap_interval(Metric(nll, np.ones(len(nll)), True), 1, 1, _rng(r, f"{direction}-ppl"))
+            row[f"{direction} PPL [95% CI]"] = _with_ci(rev[f"{direction}_ppl"], ci, 1)
+            correct = int(np.sum(items["reversal"][f"{direction}_correct"]))
+            row[f"{direction} acc [95% Wilson]"] = _with_ci(rev[f"{direction}_acc"], _wilson(correct, rev["facts"]), 3)
+        gap = paired_bootstrap([Metric(np.asarray(items["reversal"]["backward_nll"]), np.ones(rev["facts"]), True)],
+                               [Metric(np.asarray(items["reversal"]["forward_nll"]), np.ones(rev["facts"]), True)],
+                               1, 1, _rng(r, "ppl-gap"))
+        row["gap (backward − forward PPL) [95% CI]"] = _with_ci(rev["ppl_gap"], gap["ci95"], 1)
+        row["chance acc"] = f"{1 / (rev['distractors'] + 1):.3f}"
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -185,9 +321,9 @@ def plot(results, plot_dir: Path, suite: str) -> list[Path]:
 
     fig, ax = _figure((7, 4.5))
     for r in results:
-        bins = _by_start(r["validation"]["position_ppl"])
-        ax.plot(bins, [r["validation"]["position_ppl"][b] for b in bins], marker="o", label=r["model"])
-    ax.set(xlabel="token positions in the sample", ylabel="validation PPL", title=f"{suite}: PPL by position")
+        bins = _by_start(r["test"]["position_ppl"])
+        ax.plot(bins, [r["test"]["position_ppl"][b] for b in bins], marker="o", label=r["model"])
+    ax.set(xlabel="token positions in the sample", ylabel="test PPL", title=f"{suite}: PPL by position")
     ax.legend(fontsize=8)
     paths.append(plot_dir / f"{suite}-position-ppl.png")
     _save_png(fig, paths[-1])
@@ -231,96 +367,170 @@ def plot_long_ppl(results, plot_dir: Path, suite: str) -> Path:
     return path
 
 
-def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, description: str = "") -> Path | None:
-    """Rebuild `leaderboard/<suite>.md` and its plots from every results.json of the suite.
+def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, description: str = "",
+                      seeds=None) -> Path | None:
+    """Rebuild `leaderboard/<suite>.md` and its plots from every results.json of the suite (of
+    `seeds` only, if given: a suite run's own seeds, not runs left from other invocations).
 
     Reading the results and writing the files happen under an exclusive lock, so of two runs
     finishing together the later rebuild sees both results. None (and nothing written) if the
-    suite has no results yet."""
+    suite has no results yet; ValueError if runs that would be pooled or compared disagree."""
     if not has_results(runs_dir):
         return None
     leaderboard_dir = Path(leaderboard_dir)
     leaderboard_dir.mkdir(parents=True, exist_ok=True)
     with open(leaderboard_dir / f".{suite}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _write_leaderboard(runs_dir, leaderboard_dir, suite, description)
+        return _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds)
 
 
-SEED_METRICS = {  # label: (getter, digits)
-    "best val PPL": (lambda r: r["best_val_ppl"], 2),
-    "recall-token PPL": (lambda r: r["validation"].get("recall_ppl"), 2),
-    "forward acc": (lambda r: r.get("reversal", {}).get("forward_acc"), 3),
-    "backward acc": (lambda r: r.get("reversal", {}).get("backward_acc"), 3),
-    "backward PPL": (lambda r: r.get("reversal", {}).get("backward_ppl"), 1),
-}
+def common_seeds(groups) -> list[int]:
+    """The seeds every model has finished: the only ones pooled or compared (ValueError if none)."""
+    seeds = set.intersection(*({r["seed"] for r in runs} for runs in groups.values()))
+    if not seeds:
+        raise RunsDisagree("runs: no seed has finished runs of every model; accepted: a suite run to its end")
+    return sorted(seeds)
 
 
-def _pm(mean, half, digits):
-    return _fmt(mean, digits) if half != half else f"{mean:.{digits}f} ± {half:.{digits}f}"
+def _value(r, label):
+    items = ITEM_METRICS[label][0]
+    if items == "reversal":
+        key = {"forward acc": "forward_acc", "backward acc": "backward_acc", "backward PPL": "backward_ppl"}[label]
+        return r.get("reversal", {}).get(key)
+    return r["test"]["ppl"] if label == "test PPL" else r["test"].get("recall_ppl")
 
 
-def seeds_table(groups):
+def _labels(groups):
+    return [label for label in ITEM_METRICS
+            if all(_value(r, label) is not None for runs in groups.values() for r in runs)]
+
+
+def seeds_table(groups, seeds):
     rows = []
     for name, runs in groups.items():
-        row = {"model": name, "n": len(runs)}
-        for label, (get, digits) in SEED_METRICS.items():
-            mean, half, _ = mean_ci([get(r) for r in runs])
-            row[label] = _pm(mean, half, digits)
+        runs = [r for r in runs if r["seed"] in seeds]
+        row = {"model": name, "seeds": len(runs)}
+        for label in _labels(groups):
+            values = [_value(r, label) for r in runs]
+            digits = ITEM_METRICS[label][4]
+            if len(values) >= 3:
+                row[label] = _pm(*mean_ci(values)[:2], digits)
+            else:
+                row[label] = ", ".join(_fmt(v, digits + 1) for v in values) + " (per seed)"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def differences_table(groups, reference: str):
-    """Each model minus the reference, paired by seed: mean difference, 95% CI, significance."""
-    base = {r["seed"]: r for r in groups[reference]}
+def comparisons(groups, reference: str, seeds) -> list[dict]:
+    """Every model minus the reference on every metric: the paired bootstrap over test items
+    (seed-mean difference) and the across-seed paired t, each with Holm-adjusted p-values over
+    the whole family (one family per test)."""
+    by_seed = {name: {r["seed"]: r for r in runs} for name, runs in groups.items()}
+    items = {(name, s): _items(by_seed[name][s]) for name in groups for s in seeds}
     rows = []
-    for name, runs in groups.items():
+    for name in groups:
         if name == reference:
             continue
-        for label, (get, digits) in SEED_METRICS.items():
-            diffs = [get(r) - get(base[r["seed"]]) for r in runs
-                     if r["seed"] in base and get(r) is not None and get(base[r["seed"]]) is not None]
-            mean, half, n = mean_ci(diffs)
-            verdict = ("—" if n < 2 else "undetermined (no spread)" if half == 0 else
-                       "not significant" if abs(mean) <= half else "significant")
-            rows.append({"model": name, "metric": label, f"difference vs {reference}": _pm(mean, half, digits),
-                         "n (paired seeds)": n, "": verdict})
-    return pd.DataFrame(rows)
+        for label in _labels(groups):
+            part = ITEM_METRICS[label][0]
+            a = [item_metric(items[name, s], label) for s in seeds]
+            b = [item_metric(items[reference, s], label) for s in seeds]
+            if len(a[0].numerator) != len(b[0].numerator):  # a windowed model scores other items
+                continue
+            block, align = max(_blocks(by_seed[name][seeds[0]], part), _blocks(by_seed[reference][seeds[0]], part))
+            rng = np.random.default_rng(stream_seed(by_seed[name][seeds[0]]["data"]["config"]["seed"], BOOTSTRAP,
+                                                    f"paired-{label}", f"{name} - {reference}"))
+            boot = paired_bootstrap(a, b, block, align, rng)
+            t = paired_t([_value(by_seed[name][s], label) - _value(by_seed[reference][s], label) for s in seeds]) \
+                if len(seeds) >= 3 else None
+            rows.append({"model": name, "metric": label, "bootstrap": boot, "t": t})
+    for key in ("bootstrap", "t"):
+        adjusted = holm([r[key]["p"] if r[key] else float("nan") for r in rows])
+        for r, p in zip(rows, adjusted):
+            if r[key]:
+                r[key]["p_holm"] = p
+    return rows
 
 
-def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, reference="Single Memory"):
-    every_run = load_results(runs_dir)
-    groups = {}
-    for r in sorted(every_run, key=lambda r: (r.get("order", 0), r["seed"])):
-        groups.setdefault(r["model"], []).append(r)
-    results = [runs[0] for runs in groups.values()]  # the suite's own seed: per-run tables
-    several_seeds = any(len(runs) > 1 for runs in groups.values())
+def _verdict(test, label, model, reference) -> str:
+    """Which of the two is better (Holm p < 0.05), by the metric's own direction."""
+    if test is None or test["p"] != test["p"]:
+        return "—"
+    if test["p_holm"] < 0.05:
+        lower_is_better = ITEM_METRICS[label][3]
+        return f"{model if (test['difference'] < 0) == lower_is_better else reference} better"
+    return "no difference detected (not equivalence)"
+
+
+def differences_table(rows, reference: str):
+    out = []
+    for r in rows:
+        boot, t, digits = r["bootstrap"], r["t"], ITEM_METRICS[r["metric"]][4]
+        unit = "facts" if ITEM_METRICS[r["metric"]][0] == "reversal" else "test samples"
+        out.append({
+            "model": r["model"], "metric": r["metric"],
+            f"difference vs {reference} [95% paired bootstrap]": _with_ci(boot["difference"], boot["ci95"], digits),
+            "n (items, block)": f"{boot['items']} {unit}, block {boot['block']}",
+            "p / Holm p": f"{boot['p']:.4f} / {boot['p_holm']:.4f}" if boot["p"] == boot["p"] else
+                          f"— (fewer than {MIN_BLOCKS} blocks)",
+            "verdict (test items)": _verdict(boot, r["metric"], r["model"], reference),
+            "across seeds [95% paired t]": (_pm(t["difference"], t["half_width"], digits) + f" (n = {t['seeds']})"
+                                            if t else f"n = {boot['seeds']} seeds < 3: no t-interval"),
+            "t p / Holm p": f"{t['p']:.4f} / {t['p_holm']:.4f}" if t and t["p"] == t["p"] else "—",
+            "verdict (seeds)": _verdict(t, r["metric"], r["model"], reference),
+        })
+    return pd.DataFrame(out)
+
+
+def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None, reference="Single Memory"):
+    groups = group_runs(load_results(runs_dir, seeds))
+    seeds = common_seeds(groups)
+    results = [next(r for r in runs if r["seed"] == seeds[0]) for runs in groups.values()]  # per-run tables
     plots = plot(results, leaderboard_dir / "plots", suite)
     first = results[0]
+    data = first["data"]
     lines = [f"# {suite}", ""]
     if description:
         lines += [description.strip(), ""]
-    lines += [f"Preset `{first['preset']}`, data `{first['data']['source']}` "
-              f"({first['data']['train_samples']} train / {first['data']['validation_samples']} validation samples "
-              f"of {first['data']['sample_len']} tokens, tokenizer `{first['data']['tokenizer']}`), "
-              f"device `{first['device']}`, seed {first['seed']}, commit `{(first.get('git_commit') or '?')[:12]}`. "
-              f"Each row comes from `runs/{suite}/<model>/results.json`.", ""]
-    lines += ["## Summary", "", _markdown(summary_table(results)), ""]
-    lines += ["## Learning curves (PPL)", "", _markdown(curves_table(results)), "",
+    lines += [f"Preset `{first['preset']}`, data `{data['source']}` ({data['train_samples']} train / "
+              f"{data['validation_samples']} validation / {data['test_samples']} test samples of {data['sample_len']} "
+              f"tokens, tokenizer `{data['tokenizer']}`, data seed {data['config']['seed']}), "
+              f"device `{first['device']}`, commit `{(first.get('git_commit') or '?')[:12]}`. "
+              f"Each row comes from `runs/{suite}/<model>/results.json` "
+              f"(per-item losses: `per_item.json`).", "",
+              "Protocol: early stopping and the kept checkpoint are chosen on the validation split; every "
+              "held-out language-modelling number below (PPL, recall-token PPL, PPL by position) is on the "
+              "test split, which nothing is selected on; the reversal metrics score the trained facts, the "
+              "pass-key and long-document metrics documents of their own. Samples are consecutive cuts of "
+              "each split's token stream (documents EOS-joined, the first cut at an arbitrary offset), so a "
+              "sample starts anywhere in a document. Intervals: 95% percentile bootstrap (10,000 resamples) "
+              "over test samples — in stream scope circular blocks of whole evaluation batches, since the "
+              "memory links them — or over facts; Wilson for accuracies.", ""]
+    lines += [f"## Summary (seed {first['seed']})", "", _markdown(summary_table(results)), "",
+              "stop: *early stop* = patience ran out; *capped* = reached max_epochs while its last epoch still "
+              "improved validation PPL by more than min_delta (more epochs might have helped); *max epochs* = "
+              "reached max_epochs, no longer improving; *one epoch* = a stage of one epoch (nothing to compare).",
+              ""]
+    lines += ["## Learning curves (train / validation PPL)", "", _markdown(curves_table(results)), "",
               f"![learning curves](plots/{plots[0].name})", ""]
-    lines += ["## Validation PPL by token position", "", _markdown(position_table(results)), "",
-              f"![position-wise PPL](plots/{plots[1].name})", ""]
-    if several_seeds:
+    lines += ["## Test PPL by token position [95% CI]", "",
+              "Position p = the loss of predicting token p + 1 from the p + 1 tokens before it in the sample.", "",
+              _markdown(position_table(results)), "", f"![position-wise PPL](plots/{plots[1].name})", ""]
+    if len(groups) > 1:
         reference = reference if reference in groups else next(iter(groups))
-        lines += ["## Across seeds", "",
-                  "Mean ± half-width of the 95% t-interval over seeds (one run per seed: initialisation "
-                  "and data order; the same validation set), from every `results.json` of the suite. "
-                  "The tables above and below show the lowest seed.", "",
-                  _markdown(seeds_table(groups)), "",
-                  f"## Differences vs {reference} (paired by seed)", "",
-                  "A difference whose interval contains zero is not significant; with identical "
-                  "differences on every seed the interval has no width and nothing can be concluded.", "",
-                  _markdown(differences_table(groups, reference)), ""]
+        rows = comparisons(groups, reference, seeds)
+        lines += [f"## Across seeds ({len(seeds)}: {', '.join(map(str, seeds))})", "",
+                  "Each seed is one run per model (initialisation and data order; the same data and test "
+                  "split). Mean ± half-width of the 95% t-interval over seeds; with fewer than 3 seeds no "
+                  "t-interval is given, only the values.", "", _markdown(seeds_table(groups, seeds)), "",
+                  f"## Differences vs {reference}", "",
+                  "Paired on the same test items and seeds. *Paired bootstrap*: the seed-mean difference, "
+                  "items resampled together for both models (it covers the sampling of test items, not "
+                  "training randomness). *Across seeds*: paired t-interval of the per-seed differences (it "
+                  "covers training randomness; needs 3 or more seeds). p-values are two-sided and "
+                  f"Holm-adjusted over the {len(rows)} comparisons of this table, separately for each test; "
+                  "a verdict needs Holm p < 0.05. \"No difference detected\" is not evidence of equivalence.",
+                  "", _markdown(differences_table(rows, reference)), ""]
     with_passkey = [r for r in results if "passkey" in r]
     if with_passkey:
         heatmaps = plot_passkey(with_passkey, leaderboard_dir / "plots", suite)
@@ -351,7 +561,8 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, reference=
                   f"PPL of whole fact sentences (forward = as trained, backward = reversed; the reference's "
                   f"definition) and accuracy of ranking the right answer first among "
                   f"{with_reversal[0]['reversal']['distractors']} distractors "
-                  f"({with_reversal[0]['reversal']['facts']} facts).", "",
+                  f"({with_reversal[0]['reversal']['facts']} facts, the trained ones; summed log-probability of "
+                  f"the answer). PPL intervals: bootstrap over facts; accuracy: Wilson.", "",
                   _markdown(reversal_table(with_reversal)), ""]
     path = leaderboard_dir / f"{suite}.md"
     atomic_write_text(path, "\n".join(lines))
@@ -359,8 +570,9 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, reference=
 
 
 SWEEP_METRICS = {  # file-name stem: (label, getter, digits, lower is better)
-    "val-ppl": ("best val PPL", lambda r: r["best_val_ppl"], 2, True),
-    "recall-ppl": ("recall-token PPL", lambda r: r["validation"].get("recall_ppl"), 2, True),
+    "val-ppl": ("best val PPL (selection)", lambda r: r["best_val_ppl"], 3, True),
+    "test-ppl": ("test PPL", lambda r: r["test"]["ppl"], 3, True),
+    "recall-ppl": ("test recall-token PPL", lambda r: r["test"].get("recall_ppl"), 2, True),
     "backward-acc": ("backward acc", lambda r: r.get("reversal", {}).get("backward_acc"), 3, False),
 }
 
@@ -461,7 +673,10 @@ def main(argv=None) -> int:
         description = read_suite(find_suite(args.suite)).get("description", "")
     except ValueError:
         description = ""
-    print(write_leaderboard(runs, root / "leaderboard", args.suite, description))
+    try:
+        print(write_leaderboard(runs, root / "leaderboard", args.suite, description))
+    except ValueError as error:
+        fail(str(error))
     return 0
 
 

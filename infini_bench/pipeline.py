@@ -19,18 +19,21 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, set_seed
 
 from . import distributed
 from .data import default_cache_dir, long_document, prepare_data
 from .device import autocast_dtype
-from .evaluation import context_limit, lm_metrics, long_document_ppl, passkey_grid, reversal_metrics, sample_token_nll
+from .evaluation import (context_limit, lm_metrics, long_document_ppl, passkey_grid, per_sample_losses,
+                         reversal_metrics, sample_token_nll)
 from .io import atomic_write_json
-from .leaderboard import write_leaderboard
+from .leaderboard import RunsDisagree, write_leaderboard
 from .models import build_model
-from .stats import bootstrap_ppl_ci
-from .training import (NonFiniteLoss, check_checkpoint, latest_checkpoint, per_process_batch, train,
+from .seeds import BOOTSTRAP, stream_seed
+from .stats import Metric, block_length, bootstrap_interval
+from .training import (NonFiniteLoss, check_checkpoint, eval_batch_size, latest_checkpoint, per_process_batch, train,
                        train_curriculum, windowed)
 
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors", "deepspeed", "lm_eval",
@@ -50,8 +53,9 @@ def environment() -> dict:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        # Leaderboards are outputs: regenerating them does not make the code dirty.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!leaderboard"],
+                               cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
         commit += "-dirty" if dirty else ""
     except (OSError, subprocess.CalledProcessError):
         pass
@@ -94,6 +98,27 @@ def _epoch_record(line: str) -> dict:
     return {**record, "sample_len": m["sample_len"]} if "sample_len" in m else record
 
 
+def stopping(curve: list[dict], max_epochs: int, min_delta: float) -> str:
+    """How training of the last stage ended: "early stop" (patience ran out), "capped" (it hit
+    max_epochs while its last epoch still improved by more than min_delta) or "max epochs"
+    (it hit max_epochs, no longer improving); "one epoch" for a stage of one epoch."""
+    val = [c["val_ppl"] for c in _last_stage(curve)]
+    if len(val) < max_epochs:
+        return "early stop"
+    if len(val) == 1:
+        return "one epoch"
+    return "capped" if min(val[:-1]) - val[-1] > min_delta else "max epochs"
+
+
+def config_fingerprint(resolved: dict, seed_aside: bool = False) -> str:
+    """Hash of a resolved run config; `seed_aside`: without the training seed (runs of one model
+    are pooled across seeds only when these agree)."""
+    resolved = json.loads(json.dumps(resolved, default=str))
+    if seed_aside:
+        resolved["run"]["training"].pop("seed")
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_model(config, spec, data, device, env, suite_seed: int | None = None, stages=(), callbacks=()) -> dict:
     """Train and evaluate one model with `config.training.seed` in `run_dir(config, spec,
     suite_seed)`; `stages` are the curriculum's DataBundles, if the suite has one; `callbacks`
@@ -106,7 +131,7 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
                 "stages": [stage.info for stage in stages]}
     if distributed.world_size() > 1:  # stream-scope memories are per process: results depend on it
         resolved["data_parallel_processes"] = distributed.world_size()
-    fingerprint = hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fingerprint = config_fingerprint(resolved)
     finished = read_json(directory / "results.json")
     previous = read_json(directory / "run_config.json")
     distributed.barrier()  # every process has read these before the main one rewrites them
@@ -135,19 +160,29 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
     precision = autocast_dtype(device)
     model.to(device)
     e = config.evaluation
-    validation = validation_metrics(model, data, e, device)
+    batch = eval_batch_size(model, config.training, e)
+    validation, _ = heldout_metrics(model, data.validation, e, batch, device)
+    test, test_items = heldout_metrics(model, data.test, e, batch, device)
     if not distributed.is_main():  # the other evaluations and the files are the main process's
         distributed.barrier()
         return None
+    stream = getattr(model.config, "memory_scope", None) == "stream"  # the memory links the batches
+    block, align = block_length(len(test_items["nll"]), batch if stream else None), batch if stream else 1
+    rng = np.random.default_rng(stream_seed(config.data.seed, BOOTSTRAP, "test-ppl", spec.slug))
+    test["ppl_bootstrap_ci95"] = bootstrap_interval(Metric(np.array(test_items["nll"]), np.ones(len(test_items["nll"])),
+                                                           True), block, align, rng)
+    test["bootstrap_block"], test["bootstrap_align"] = block, align
+    items = {"test": test_items}
     extra = {}
     if e.reversal:
         extra["reversal"] = reversal_metrics(model, data.tokenizer, data.facts, e.num_distractors, e.batch_size,
                                              device, precision, seed=config.data.seed)
+        items["reversal"] = extra["reversal"].pop("items")
     if e.passkey_lengths:
         start = time.perf_counter()
-        # The documents of the infini_passkey tasks (their seed, 0), the same for every run.
+        # The documents of the infini_passkey tasks (from the suite seed), the same for every model.
         extra["passkey"] = passkey_grid(model, data.tokenizer, e.passkey_lengths, e.passkey_depths, e.passkey_docs,
-                                        device, precision)
+                                        device, precision, seed=config.data.seed)
         print(f"{spec.name}: pass-key grid in {time.perf_counter() - start:.0f}s", flush=True)
     if e.long_ppl_length:
         start = time.perf_counter()
@@ -156,6 +191,7 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
         print(f"{spec.name}: long-document PPL in {time.perf_counter() - start:.0f}s", flush=True)
     curve = [_epoch_record(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     best = min(_last_stage(curve), key=lambda c: c["val_ppl"])
+    t = config.training
     memory = model.memory_info() if hasattr(model, "memory_info") else None
     results = {
         "suite": config.suite, "model": spec.name, "slug": spec.slug, "order": spec.order,
@@ -164,9 +200,12 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
         "preset": config.preset, "device": str(device), "seed": config.training.seed,
         "parameters": parameters, "memory_bytes": memory["total_bytes"] if memory else 0,
         "best_epoch": best["epoch"], "epochs_trained": len(curve), "best_val_ppl": validation["ppl"],
-        "validation": validation, **extra, "curve": curve, "train_time_s": train_time,
-        "data": data.info, "git_commit": env["git_commit"], "fingerprint": fingerprint,
+        "stop": stopping(curve, t.curriculum[-1]["max_epochs"] if t.curriculum else t.max_epochs, t.min_delta),
+        "eval_batch_size": batch, "validation": validation, "test": test, **extra, "curve": curve,
+        "train_time_s": train_time, "data": data.info, "git_commit": env["git_commit"], "fingerprint": fingerprint,
+        "config_fingerprint": config_fingerprint(resolved, seed_aside=True),
     }
+    atomic_write_json(directory / "per_item.json", items)  # before results.json: a finished run has both
     atomic_write_json(directory / "results.json", results)
     del model
     if torch.cuda.is_available():
@@ -175,16 +214,17 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
     return results
 
 
-def validation_metrics(model, data, evaluation, device) -> dict:
-    """Validation PPL (overall, recall tokens, by position) with its bootstrap interval; shared
-    by the processes under data parallelism."""
-    nll = sample_token_nll(model, data.validation["input_ids"], evaluation.batch_size, device, autocast_dtype(device))
-    metrics = lm_metrics(nll, data.validation["recall"], evaluation.position_bins, len(data.validation[0]["input_ids"]))
-    return {**metrics, "ppl_bootstrap_ci95": bootstrap_ppl_ci(nll)}
+def heldout_metrics(model, samples, evaluation, batch: int, device) -> tuple[dict, dict]:
+    """PPL (overall, recall tokens, by position) of validation or test samples, read in order in
+    batches of `batch`, and its per-sample parts; shared by the processes under data parallelism."""
+    nll = sample_token_nll(model, samples["input_ids"], batch, device, autocast_dtype(device))
+    sample_len = len(samples[0]["input_ids"])
+    return (lm_metrics(nll, samples["recall"], evaluation.position_bins, sample_len),
+            per_sample_losses(nll, samples["recall"], evaluation.position_bins, sample_len))
 
 
 def reevaluate(config, data, device) -> int:
-    """Reload each model's saved weights (safetensors) and recompute its validation metrics;
+    """Reload each model's saved weights (safetensors) and recompute its validation and test metrics;
     0 if every one equals its results.json, 1 otherwise (the same number of processes as the
     run is needed in stream scope, where each process streams its share through its memory)."""
     mismatches = 0
@@ -192,14 +232,18 @@ def reevaluate(config, data, device) -> int:
         directory = run_dir(config, spec)
         recorded = read_json(directory / "results.json")
         model = AutoModelForCausalLM.from_pretrained(directory).to(device)
-        again = validation_metrics(model, data, config.evaluation, device)
-        pairs = [(again["ppl"], recorded["validation"]["ppl"]), (again["recall_ppl"], recorded["validation"]["recall_ppl"]),
-                 *zip(again["position_ppl"].values(), recorded["validation"]["position_ppl"].values())]
+        batch = eval_batch_size(model, config.training, config.evaluation)
+        pairs = []
+        for split in ("validation", "test"):
+            again, _ = heldout_metrics(model, getattr(data, split), config.evaluation, batch, device)
+            pairs += [(again["ppl"], recorded[split]["ppl"]), (again["recall_ppl"], recorded[split]["recall_ppl"]),
+                      *zip(again["position_ppl"].values(), recorded[split]["position_ppl"].values())]
         match = all(x is y or math.isclose(x, y, rel_tol=1e-6) for x, y in pairs)
         mismatches += not match
         if distributed.is_main():
-            print(f"{spec.name}: val PPL {again['ppl']:.6f} (results.json: {recorded['validation']['ppl']:.6f}); "
-                  f"overall, recall-token and position PPLs: {'match' if match else 'MISMATCH'}", flush=True)
+            print(f"{spec.name}: test PPL {again['ppl']:.6f} (results.json: {recorded['test']['ppl']:.6f}); "
+                  f"validation and test, overall, recall-token and position PPLs: {'match' if match else 'MISMATCH'}",
+                  flush=True)
     return 1 if mismatches else 0
 
 
@@ -221,7 +265,8 @@ def run_suite(config, device, data, stages=()) -> Path | None:
     """Every model with every seed, the leaderboard rebuilt after each; returns its path."""
     env = environment()
     print(f"data: {data.info['train_samples']} train ({data.info['reversal_samples']} of them reversal facts) / "
-          f"{data.info['validation_samples']} validation samples, tokenizer {data.info['tokenizer']} "
+          f"{data.info['validation_samples']} validation / {data.info['test_samples']} test samples, "
+          f"tokenizer {data.info['tokenizer']} "
           f"({data.info['vocab_size']} tokens)", flush=True)
     leaderboard = None
     for seed in seeds_of(config):
@@ -233,11 +278,12 @@ def run_suite(config, device, data, stages=()) -> Path | None:
             results = run_model(seeded, spec, data, device, env, suite_seed=config.training.seed, stages=stages)
             if not distributed.is_main():  # it only trains and shares the validation evaluation
                 continue
-            print(f"{spec.name}: best val PPL {results['best_val_ppl']:.2f} at epoch {results['best_epoch']}, "
-                  f"recall PPL {results['validation'].get('recall_ppl') or float('nan'):.2f}, "
+            print(f"{spec.name}: best val PPL {results['best_val_ppl']:.3f} at epoch {results['best_epoch']} "
+                  f"({results['stop']}), test PPL {results['test']['ppl']:.3f}, test recall PPL "
+                  f"{results['test'].get('recall_ppl') or float('nan'):.2f}, "
                   f"{time.perf_counter() - start:.0f}s", flush=True)
             leaderboard = write_leaderboard(config.runs_dir, config.leaderboard_dir, config.suite,
-                                            config.description)
+                                            config.description, seeds=seeds_of(config))
     return leaderboard
 
 
@@ -262,8 +308,8 @@ def describe(config, device) -> list[str]:
                           for s in t.curriculum) if t.curriculum else f"up to {t.max_epochs} epochs")
     lines = [f"suite {config.suite} ({config.suite_file}) on {device}: preset {config.preset}, "
              f"data {config.data.source} ({config.data.num_samples} x {config.data.sample_len}, tokenizer "
-             f"{config.data.tokenizer}), lr {t.lr}, batch {t.batch_size}, {epochs} (patience {t.patience}), "
-             f"seed {t.seed}, {distributed.world_size()} process(es)"
+             f"{config.data.tokenizer}), lr {t.lr}, batch {t.batch_size}, {epochs} (patience {t.patience}, "
+             f"min_delta {t.min_delta}), seed {t.seed}, {distributed.world_size()} process(es)"
              f"{', DeepSpeed ' + t.deepspeed if t.deepspeed else ''}, output {Path(config.output_dir).resolve()}"]
     return lines + [f"  model {spec.name}: {spec.overrides}" for spec in config.models]
 
@@ -289,5 +335,8 @@ def run_job(config, device, reevaluate_only: bool = False) -> int:
     except NonFiniteLoss as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except RunsDisagree as error:  # runs the leaderboard refuses to pool or compare
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"leaderboard: {leaderboard} ({(time.perf_counter() - start) / 60:.1f} min)")
     return 0

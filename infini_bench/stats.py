@@ -1,16 +1,98 @@
-"""Intervals for the leaderboard: a bootstrap interval of one run's PPL, t-intervals over seeds."""
+"""Intervals and tests for the leaderboard.
+
+- A metric of one run is an aggregate of per-item parts (items: test samples or facts): the
+  sum of numerators over the sum of denominators, through exp for a PPL. `Metric` says which.
+- Items are resampled in contiguous blocks (circular block bootstrap, Politis & Romano 1992:
+  blocks wrap around the end, so every item is equally likely): in stream scope the memory
+  links consecutive evaluation batches, so a block is several whole batches; elsewhere items
+  are independent and a block is one item.
+- Two models are compared on the same items, paired: every resample draws one set of item
+  indices for both models and every seed, and the statistic is the seed-mean of the
+  differences. Its interval covers the sampling of test items, not training randomness; the
+  across-seed paired t-interval covers that.
+- Holm's step-down adjustment over a leaderboard's family of comparisons.
+"""
+
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
+RESAMPLES = 10_000
 
-def bootstrap_ppl_ci(nll: np.ndarray, resamples: int = 1000, seed: int = 0) -> list[float]:
-    """95% percentile-bootstrap interval of a PPL from per-token losses [N, L - 1], resampling
-    the N samples."""
-    per_sample = nll.mean(1)
-    rng = np.random.default_rng(seed)
-    means = per_sample[rng.integers(0, len(per_sample), (resamples, len(per_sample)))].mean(1)
-    return [float(np.exp(np.percentile(means, 2.5))), float(np.exp(np.percentile(means, 97.5)))]
+
+@dataclass(frozen=True)
+class Metric:
+    numerator: np.ndarray      # [items]
+    denominator: np.ndarray    # [items]
+    log_scale: bool            # a PPL: exp(sum(numerator) / sum(denominator))
+
+    def value(self, index=None):
+        """The metric over all items, or over each row of resampled indices [resamples, items]."""
+        if index is None:
+            num, den = self.numerator.sum(), self.denominator.sum()
+        else:
+            num, den = self.numerator[index].sum(-1), self.denominator[index].sum(-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = num / den
+        return np.exp(ratio) if self.log_scale else ratio
+
+
+MIN_BLOCKS = 3  # fewer blocks than this and a resample is little more than a rotation: no interval
+
+
+def block_length(items: int, eval_batch: int | None) -> int:
+    """Items per resampled block: 1 for independent items; in stream scope whole evaluation
+    batches, about (number of batches)^(1/3) of them (the usual order for a block bootstrap),
+    and few enough that the items hold at least MIN_BLOCKS blocks."""
+    if not eval_batch:
+        return 1
+    batches = -(-items // eval_batch)
+    return eval_batch * max(1, min(round(batches ** (1 / 3)), batches // MIN_BLOCKS))
+
+
+def block_indices(items: int, block: int, align: int, rng: np.random.Generator,
+                  resamples: int = RESAMPLES) -> np.ndarray:
+    """[resamples, items] indices of a circular block bootstrap: blocks of `block` consecutive
+    items (wrapping around the end), each starting at a uniformly drawn multiple of `align`
+    (an evaluation batch's first sample in stream scope, any item otherwise), joined and cut
+    to `items`."""
+    blocks = -(-items // block)
+    starts = rng.integers(0, -(-items // align), (resamples, blocks)) * align
+    return ((starts[:, :, None] + np.arange(block)) % items).reshape(resamples, -1)[:, :items]
+
+
+def _enough(items: int, block: int) -> bool:
+    return items >= MIN_BLOCKS * block
+
+
+def bootstrap_interval(metric: Metric, block: int, align: int, rng: np.random.Generator) -> list[float]:
+    """95% percentile-bootstrap interval of one run's metric (nan if the items hold fewer than
+    MIN_BLOCKS blocks; resamples where the metric is undefined, e.g. no recall token, are left out)."""
+    if not _enough(len(metric.numerator), block):
+        return [float("nan"), float("nan")]
+    values = metric.value(block_indices(len(metric.numerator), block, align, rng))
+    return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
+
+
+def paired_bootstrap(runs_a: list[Metric], runs_b: list[Metric], block: int, align: int,
+                     rng: np.random.Generator) -> dict:
+    """Seed-mean of metric(a) - metric(b) over paired runs (same seed, same items), its 95%
+    percentile interval and a two-sided p-value: the share of centred resampled differences at
+    least as far from zero as the observed one, an undefined resample counting as that far
+    (interval and p are nan if the items hold fewer than MIN_BLOCKS blocks)."""
+    items = len(runs_a[0].numerator)
+    if any(len(m.numerator) != items for m in runs_a + runs_b):
+        raise ValueError("paired bootstrap: the runs do not score the same items")
+    observed = float(np.mean([a.value() - b.value() for a, b in zip(runs_a, runs_b)]))
+    result = {"difference": observed, "items": items, "block": block, "seeds": len(runs_a)}
+    if not _enough(items, block):
+        return {**result, "ci95": [float("nan"), float("nan")], "p": float("nan")}
+    index = block_indices(items, block, align, rng)
+    resampled = np.mean([a.value(index) - b.value(index) for a, b in zip(runs_a, runs_b)], axis=0)
+    extreme = np.sum(~(np.abs(resampled - observed) < abs(observed)))  # nan counts as extreme
+    return {**result, "ci95": [float(np.nanpercentile(resampled, 2.5)), float(np.nanpercentile(resampled, 97.5))],
+            "p": float((extreme + 1) / (len(resampled) + 1))}
 
 
 def mean_ci(values) -> tuple[float, float, int]:
@@ -21,3 +103,23 @@ def mean_ci(values) -> tuple[float, float, int]:
         return (float(values.mean()) if n else float("nan")), float("nan"), n
     half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
     return float(values.mean()), float(half), n
+
+
+def paired_t(differences) -> dict:
+    """Across-seed paired t: mean difference, 95% half-width, two-sided p (nan if no spread)."""
+    mean, half, n = mean_ci(differences)
+    p = float(stats.ttest_1samp(differences, 0.0).pvalue) if n >= 2 else float("nan")
+    return {"difference": mean, "half_width": half, "p": p, "seeds": n}
+
+
+def holm(p_values) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (nan entries are left out of the family and stay nan)."""
+    p = np.asarray(p_values, dtype=float)
+    keep = np.flatnonzero(~np.isnan(p))
+    adjusted = np.full(len(p), np.nan)
+    order = keep[np.argsort(p[keep], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()

@@ -54,9 +54,9 @@ class NonFiniteLoss(RuntimeError):
 class InfiniTrainer(Trainer):
     """Trainer whose evaluation is infini-bench's own (per-token losses, recall and position PPL)."""
 
-    def __init__(self, *args, eval_config: EvalConfig = None, **kwargs):
+    def __init__(self, *args, eval_config: EvalConfig = None, eval_batch: int = 1, **kwargs):
         super().__init__(*args, **kwargs)
-        self.eval_config = eval_config
+        self.eval_config, self.eval_batch = eval_config, eval_batch
         self._train_loss_sum, self._train_loss_count = 0.0, 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -74,7 +74,7 @@ class InfiniTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         device, validation = self.args.device, self.eval_dataset
-        nll = sample_token_nll(self.model, validation["input_ids"], self.eval_config.batch_size, device,
+        nll = sample_token_nll(self.model, validation["input_ids"], self.eval_batch, device,
                                autocast_dtype(device) if self.args.bf16 else None)
         lm = lm_metrics(nll, validation["recall"], self.eval_config.position_bins, len(validation[0]["input_ids"]))
         metrics = {f"{metric_key_prefix}_ppl": lm["ppl"], f"{metric_key_prefix}_recall_ppl": lm.get("recall_ppl")}
@@ -159,8 +159,9 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
         if distributed.is_main() else []
     trainer = InfiniTrainer(
         model=model, args=args, train_dataset=data.train, data_collator=collate,
-        eval_dataset=data.validation, eval_config=eval_config,
-        callbacks=[ResetStreamMemory(), EarlyStoppingCallback(early_stopping_patience=config.patience),
+        eval_dataset=data.validation, eval_config=eval_config, eval_batch=eval_batch_size(model, config, eval_config),
+        callbacks=[ResetStreamMemory(), EarlyStoppingCallback(early_stopping_patience=config.patience,
+                                                              early_stopping_threshold=config.min_delta),
                    *logs, *callbacks],
     )
     if trainer.is_deepspeed_enabled:
@@ -197,6 +198,15 @@ def per_process_batch(batch_size: int) -> int:
     return batch_size // world
 
 
+def eval_batch_size(model, training: TrainConfig, evaluation: EvalConfig) -> int:
+    """Each process's evaluation batch. In stream scope it is the training batch: the memory is
+    shared by the batch rows and averaged over them, so a model is scored reading its stream as
+    it was trained to; otherwise the evaluation section's."""
+    if getattr(model.config, "memory_scope", None) == "stream":
+        return per_process_batch(training.batch_size)
+    return evaluation.batch_size
+
+
 def windowed(data, width: int):
     """`data` with every sample longer than `width` cut into windows of `width` tokens (the rest
     dropped): how a model with a context limit (the Pythia baseline) trains on long samples."""
@@ -211,9 +221,9 @@ def windowed(data, width: int):
                 out["recall"].append(recall[start:start + width])
         return out
 
-    return dataclasses.replace(data, train=data.train.map(cut, batched=True, remove_columns=data.train.column_names),
-                               validation=data.validation.map(cut, batched=True,
-                                                              remove_columns=data.validation.column_names))
+    splits = {split: getattr(data, split) for split in ("train", "validation", "test")}
+    return dataclasses.replace(data, **{split: samples.map(cut, batched=True, remove_columns=samples.column_names)
+                                        for split, samples in splits.items()})
 
 
 def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_config: EvalConfig,

@@ -8,6 +8,9 @@ from infini_bench.config import DataConfig, EvalConfig, TrainConfig
 @pytest.mark.parametrize("make,message", [
     (lambda: DataConfig(num_samples=0), "data.num_samples: expected a positive integer"),
     (lambda: DataConfig(val_fraction=1.0), "data.val_fraction"),
+    (lambda: DataConfig(test_fraction=0.0), "data.test_fraction: expected a number between 0 and 1"),
+    (lambda: DataConfig(val_fraction=0.5, test_fraction=0.5), "data.test_fraction: val_fraction"),
+    (lambda: TrainConfig(min_delta=-0.01), "training.min_delta: expected 0 or more"),
     (lambda: DataConfig(seed=-3), "data.seed: expected a non-negative integer"),
     (lambda: TrainConfig(lr=0.0), "training.lr: expected a positive number"),
     (lambda: TrainConfig(weight_decay=-0.1), "training.weight_decay: expected 0 or more"),

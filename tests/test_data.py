@@ -35,23 +35,33 @@ def test_recall_spans_refer_back_to_earlier_statements():
 
 
 def test_recall_flags_mark_exactly_the_recall_mentions(tmp_path):
+    """The validation samples are consecutive cuts of the split's EOS-joined documents; a token
+    is flagged exactly when its characters overlap a recall span of its document."""
+    from infini_bench.data import split_sizes
+    from infini_bench.data.tokenizer import EOS
+    from infini_bench.seeds import CORPUS, stream_seed
+
     config = small(sample_len=128, vocab_size=1000)
     data = prepare_data(config, tmp_path)
     tokenizer = data.tokenizer
-    docs = {d["text"][:60]: d for d in embedded_documents(40, seed=42, min_words=128)}
-    flagged_total = 0
-    for sample in data.validation:
-        ids, flags = sample["input_ids"], sample["recall"]
-        # Character span of each token, from the lengths of decoded prefixes (ASCII text).
-        ends = [len(tokenizer.decode(ids[:i + 1])) for i in range(len(ids))]
-        starts = [0] + ends[:-1]
-        doc = docs[tokenizer.decode(ids)[:60]]
-        recall_chars = {c for a, b in doc["recall_spans"] for c in range(a, b) if c < ends[-1]}
-        for start, end, flag in zip(starts, ends, flags):
-            overlaps = any(c in recall_chars for c in range(start, end))
-            assert bool(flag) == overlaps, (tokenizer.decode(ids[:1]), start, end)
-        flagged_total += sum(flags)
-    assert flagged_total > 0
+    docs = embedded_documents(split_sizes(config)["validation"] + 1, stream_seed(42, CORPUS, 128, "validation"),
+                              min_words=128)
+    joined, recall_chars = "", set()
+    for d in docs:
+        recall_chars |= {len(joined) + c for a, b in d["recall_spans"] for c in range(a, b)}
+        joined += d["text"] + EOS
+    ids = [t for s in data.validation["input_ids"] for t in s]
+    flags = [f for s in data.validation["recall"] for f in s]
+    # Character span of each token, from the lengths of decoded prefixes (ASCII text).
+    ends = [len(tokenizer.decode(ids[:i + 1])) for i in range(len(ids))]
+    text = tokenizer.decode(ids)
+    at = joined.index(text)
+    assert 0 < at < len(docs[0]["text"])  # the first sample starts inside the first document
+    starts = [0] + ends[:-1]
+    for start, end, flag in zip(starts, ends, flags):
+        overlaps = any(at + c in recall_chars for c in range(start, end))
+        assert bool(flag) == overlaps, (start, end, text[start:end])
+    assert sum(flags) > 0
 
 
 def test_samples_cached_under_source_tokenizer_and_sizes(tmp_path):
@@ -66,11 +76,12 @@ def test_samples_cached_under_source_tokenizer_and_sizes(tmp_path):
 
 
 def test_split_and_sizes(tmp_path):
-    data = prepare_data(small(num_samples=50, val_fraction=0.2), tmp_path)
-    assert len(data.validation) == 10
-    assert data.info["train_samples"] == 40 + data.info["reversal_samples"]
+    data = prepare_data(small(num_samples=50, val_fraction=0.2, test_fraction=0.1), tmp_path)
+    assert len(data.validation) == 10 and len(data.test) == 5
+    assert data.info["train_samples"] == 35 + data.info["reversal_samples"]
     val = {tuple(x) for x in data.validation["input_ids"]}
-    assert not val & {tuple(x) for x in data.train["input_ids"]}
+    test = {tuple(x) for x in data.test["input_ids"]}
+    assert not (val | test) & {tuple(x) for x in data.train["input_ids"]} and not val & test
 
 
 def test_reversal_facts_well_formed():
@@ -88,7 +99,7 @@ def test_reversal_facts_well_formed():
         assert prompt + answer + "." == f.backward
         prompt, answer = f.forward_query()
         assert prompt + answer + "." == f.forward
-    wrong = distractors(facts, 0, "backward", 10)
+    wrong = distractors(facts, 0, "backward", 10, seed=0)
     assert len(wrong) == 10 and f" {facts[0].name}" not in wrong
 
 
@@ -167,7 +178,7 @@ def test_unknown_or_missing_sources():
 def test_too_little_data_is_reported(tmp_path):
     path = tmp_path / "tiny.txt"
     path.write_text("only a few words here")
-    with pytest.raises(ValueError, match="^data: .* gives only 0 full samples"):
+    with pytest.raises(ValueError, match="^data: .* gives only 0 full train samples"):
         prepare_data(small(source=str(path)), tmp_path / "cache")
 
 
@@ -178,9 +189,9 @@ def test_passkey_training_samples(tmp_path):
 
     data = prepare_data(small(sample_len=160, num_samples=40, passkey_fraction=0.25, reversal_repeats=0), tmp_path)
     tokenizer = data.tokenizer
-    samples = list(data.train) + list(data.validation)
+    samples = list(data.train) + list(data.validation) + list(data.test)
     passkey = [s for s in samples if QUESTION.strip() in tokenizer.decode(s["input_ids"])]
-    assert len(passkey) == 10 and data.info["passkey_samples"] == 10
+    assert len(passkey) == 10 and data.info["passkey_samples"] == {"train": 8, "validation": 1, "test": 1}
     for s in passkey:
         assert len(s["input_ids"]) == 160
         flagged = [t for t, f in zip(s["input_ids"], s["recall"]) if f]

@@ -210,7 +210,7 @@ def test_torchrun_two_processes_match_one(smoke, torchrun_one_node):
     assert two["best_val_ppl"] == pytest.approx(one["best_val_ppl"], rel=0.02)
     reevaluated = launch("launch/torchrun.sh", *TORCHRUN_ARGS, "--output-dir", str(torchrun_one_node),
                          "--reevaluate", cache=out / "cache", NPROC="2")
-    assert "Single Memory: val PPL" in reevaluated.stdout and "PPLs: match" in reevaluated.stdout
+    assert "Single Memory: test PPL" in reevaluated.stdout and "PPLs: match" in reevaluated.stdout
 
 
 @pytest.mark.slow

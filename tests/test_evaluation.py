@@ -98,7 +98,8 @@ def test_reversal_metric_shows_the_reversal_curse():
         model(batch, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    m = reversal_metrics(model, tokenizer, facts, num_distractors=10, batch_size=8)
+    m = reversal_metrics(model, tokenizer, facts, num_distractors=10, batch_size=8, device="cpu", autocast_dtype=None,
+                         seed=0)
     assert m["forward_acc"] >= 0.9
     assert m["backward_acc"] <= 0.5
     assert m["forward_ppl"] < 2.0 < m["backward_ppl"]

@@ -64,7 +64,7 @@ def test_leaderboard_and_lm_eval_agree_on_reversal(infini_bench_group):
 
 @pytest.mark.slow
 def test_leaderboard_and_lm_eval_agree_on_positional_ppl(smoke, tmp_path):
-    """For a model without a carried memory both score each validation sample on its own."""
+    """For a model without a carried memory both score each test sample on its own."""
     out, _ = smoke
     run_dir = out / "runs" / "smoke" / "pythia-baseline"
     result = lm_eval_cli("--model", "infini_pythia", "--model_args", f"pretrained={run_dir}", "--tasks",
@@ -73,7 +73,7 @@ def test_leaderboard_and_lm_eval_agree_on_positional_ppl(smoke, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     printed = results_json(tmp_path)["infini_positional_ppl"]
     leaderboard = (out / "leaderboard" / "smoke.md").read_text()
-    position_ppl = json.loads((run_dir / "results.json").read_text())["validation"]["position_ppl"]
+    position_ppl = json.loads((run_dir / "results.json").read_text())["test"]["position_ppl"]
     for label, value in position_ppl.items():
         start = label.split("-")[0]
         assert printed[f"ppl_pos_{start},none"] == pytest.approx(value, rel=1e-5)

@@ -62,7 +62,7 @@ def test_killed_three_times_then_resumed_equals_uninterrupted(smoke, tmp_path):
     for slug in finished | {"hierarchical-4": 0}:
         ours = json.loads((runs / slug / "results.json").read_text())
         theirs = json.loads((reference / "runs" / "smoke" / slug / "results.json").read_text())
-        for key in ("best_val_ppl", "validation", "reversal", "curve", "best_epoch", "epochs_trained"):
+        for key in ("best_val_ppl", "validation", "test", "reversal", "curve", "best_epoch", "epochs_trained"):
             assert ours[key] == theirs[key], (slug, key)
     assert without_times((out / "leaderboard" / "smoke.md").read_text()) == \
         without_times((reference / "leaderboard" / "smoke.md").read_text())
@@ -109,8 +109,8 @@ def test_two_runs_finishing_together_both_appear(smoke, tmp_path):
         assert process.wait(timeout=600) == 0, process.stderr.read()[-3000:]
     markdown = (out / "leaderboard" / "smoke.md").read_text()
     for slug, name in (("single-memory", "Single Memory"), ("multi-memory-4", "Multi Memory (4)")):
-        ppl = json.loads((reference / "runs" / "smoke" / slug / "results.json").read_text())["best_val_ppl"]
-        assert re.search(rf"\| {re.escape(name)} +\| {ppl:.2f} ", markdown)
+        ppl = json.loads((reference / "runs" / "smoke" / slug / "results.json").read_text())["test"]["ppl"]
+        assert re.search(rf"\| {re.escape(name)} +\| {ppl:.2f}\d* \[", markdown)
     assert not list((out / "leaderboard").glob("*.tmp")) and not list((out / "leaderboard").glob(".*.png"))
 
 

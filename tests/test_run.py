@@ -4,6 +4,7 @@ import dataclasses
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -22,25 +23,29 @@ def test_smoke_suite_results_and_leaderboard_agree(smoke):
     runs = sorted((out / "runs" / "smoke").iterdir())
     assert [r.name for r in runs] == ["hierarchical-4", "multi-memory-4", "pythia-baseline", "single-memory"]
     markdown = (out / "leaderboard" / "smoke.md").read_text()
-    summary = table_rows(markdown, "Summary")
-    positions = table_rows(markdown, "Validation PPL by token position")
+    summary = table_rows(markdown, "Summary (seed 42)")
+    positions = table_rows(markdown, "Test PPL by token position [95% CI]")
     reversal = table_rows(markdown, "Reversal curse")
     assert set(summary) == {"model", "Pythia baseline", "Single Memory", "Multi Memory (4)", "Hierarchical (4)"}
     for run in runs:
         r = json.loads((run / "results.json").read_text())
+        items = json.loads((run / "per_item.json").read_text())
         row = summary[r["model"]]
-        low, high = r["validation"]["ppl_bootstrap_ci95"]
-        assert row[0] == f"{r['best_val_ppl']:.2f}" and low < r["best_val_ppl"] < high
-        assert row[1] == f"{low:.2f}–{high:.2f}"
-        assert row[2] == str(r["best_epoch"])
-        assert row[4] == f"{r['validation']['recall_ppl']:.2f}"
-        assert row[6] == f"{r['parameters']:,}"
+        test = r["test"]
+        low, high = test["ppl_bootstrap_ci95"]
+        assert low < test["ppl"] < high and row[0].split(" [")[0] in {f"{test['ppl']:.{d}f}" for d in range(2, 9)}
+        assert test["ppl"] == pytest.approx(np.exp(np.mean(items["test"]["nll"])))
+        assert test["recall_ppl"] == pytest.approx(np.exp(sum(items["test"]["recall_nll"]) /
+                                                          sum(items["test"]["recall_tokens"])))
+        assert row[3] == f"{r['best_val_ppl']:.3f}" and row[4] == str(r["best_epoch"])
+        assert row[6] == r["stop"] and row[8] == f"{r['parameters']:,}"
         column = positions["positions"].index(r["model"])
-        assert [k for k in positions if k != "positions"] == list(r["validation"]["position_ppl"])
-        for bin_label, value in r["validation"]["position_ppl"].items():
-            assert positions[bin_label][column] == f"{value:.1f}"
-        assert reversal[r["model"]][:2] == [f"{r['reversal']['forward_ppl']:.1f}", f"{r['reversal']['backward_ppl']:.1f}"]
-        assert r["validation"]["recall_tokens"] > 0
+        assert [k for k in positions if k != "positions"] == list(test["position_ppl"])
+        for bin_label, value in test["position_ppl"].items():
+            assert positions[bin_label][column].split(" [")[0] in (f"{value:.1f}", f"{value:.2f}", f"{value:.3f}")
+        assert reversal[r["model"]][0].startswith(f"{r['reversal']['forward_ppl']:.1f} [")
+        assert test["recall_tokens"] > 0 and test["samples"] == r["data"]["test_samples"]
+        assert r["eval_batch_size"] == (8 if r["memory_type"] != "none" else 32)  # stream scope: the training batch
         assert [c["epoch"] for c in r["curve"]] == list(range(1, r["epochs_trained"] + 1))
     assert (out / "leaderboard" / "plots" / "smoke-learning-curves.png").stat().st_size > 1000
     assert (out / "leaderboard" / "plots" / "smoke-position-ppl.png").stat().st_size > 1000
@@ -65,7 +70,7 @@ def test_run_directory_records_everything(smoke):
 
 
 @pytest.mark.slow
-def test_checkpoint_reloads_to_the_reported_validation_ppl(smoke):
+def test_checkpoint_reloads_to_the_reported_validation_and_test_ppl(smoke):
     from infini_bench.data import DataConfig, prepare_data
     from infini_bench.evaluation import lm_metrics, sample_token_nll
 
@@ -76,8 +81,10 @@ def test_checkpoint_reloads_to_the_reported_validation_ppl(smoke):
     model = AutoModelForCausalLM.from_pretrained(run)
     data = prepare_data(DataConfig(**results["data"]["config"]), out / "cache")
     assert tokenizer.get_vocab() == data.tokenizer.get_vocab()
-    nll = sample_token_nll(model, data.validation["input_ids"], 32, torch.device("cpu"))
-    assert lm_metrics(nll, None)["ppl"] == pytest.approx(results["best_val_ppl"], rel=1e-5)
+    for split, recorded in (("validation", results["best_val_ppl"]), ("test", results["test"]["ppl"])):
+        nll = sample_token_nll(model, getattr(data, split)["input_ids"], results["eval_batch_size"],
+                               torch.device("cpu"))
+        assert lm_metrics(nll, None)["ppl"] == pytest.approx(recorded, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -50,7 +50,7 @@ def test_one_row_per_trial_with_the_trials_own_numbers(smoke_sweep):
         recorded = json.loads((run_dir / "run_config.json").read_text())
         assert recorded["run"]["training"]["lr"] == t["lr"] and recorded["model"]["num_memories"] == t["num_memories"]
         row = rows[t["trial"]]
-        assert f"{results['best_val_ppl']:.2f}" in row and f"{results['reversal']['backward_acc']:.3f}" in row
+        assert f"{results['best_val_ppl']:.3f}" in row and f"{results['test']['ppl']:.3f}" in row and f"{results['reversal']['backward_acc']:.3f}" in row
         # Every epoch was reported to Tune with the trial's own validation PPL.
         epochs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         (tune_dir,) = (root / "tune").glob(f"{t['trial']}*")

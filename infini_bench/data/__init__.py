@@ -1,29 +1,42 @@
-"""Data for a run: source -> tokenizer -> fixed-length samples (cached as Arrow) -> train / validation.
+"""Data for a run: source -> tokenizer -> train / validation / test samples (cached as Arrow).
+
+The splits are made before the samples, so that no text reaches two of them: the embedded
+corpus generates each split's documents from a stream of its own (infini_bench/seeds.py:
+suite seed, purpose, stage = sample length, split), and a text source sends each document to
+one split. Each split's documents are EOS-joined into one token stream and cut into
+consecutive samples (as the reference cut the Pile's token stream), the first from an
+arbitrary offset of the first document: a sample starts anywhere in a document, so a position
+bin measures how much context precedes a token, not a section of a document.
 
 Samples carry `input_ids` and `recall` (1 where the token is a recall mention of the embedded
 corpus, or the answer of a pass-key document; all 0 for other sources). A `passkey_fraction`
-of the samples are pass-key documents (data/passkey.py) of the same length. The training split
-also gets the reversal facts' forward sentences, repeated and packed into samples.
+of each split's samples are pass-key documents (data/passkey.py) of the same length. The
+training split also gets the reversal facts' forward sentences, repeated and packed into
+samples. Validation selects the checkpoint; test is what the leaderboard reports.
 """
 
 import hashlib
+import itertools
 import json
 import os
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, concatenate_datasets, load_from_disk
+import numpy as np
+from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 
 from ..config import DataConfig
 from ..io import atomic_dir
+from ..seeds import (CORPUS, CORPUS_OFFSET, DOCUMENT_SPLIT, LONG_DOCUMENT, PASSKEY_TRAIN, REVERSAL_ORDER, TOKENIZER,
+                     stream_rng, stream_seed)
 from .embedded import embedded_documents, make_document
 from .passkey import NEEDLE, QUESTION, FillerPool, passkey_sample
 from .reversal import Fact, reversal_facts
 from .sources import parse_source, stream_texts
 from .tokenizer import encode_long, load_tokenizer, tokenizer_fingerprint
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+SPLITS = ("train", "validation", "test")
 
 
 def default_cache_dir() -> Path:
@@ -35,49 +48,97 @@ def default_cache_dir() -> Path:
 class DataBundle:
     train: "object"                # datasets.Dataset
     validation: "object"
+    test: "object"
     tokenizer: "object"
     facts: list[Fact]
     info: dict = field(default_factory=dict)
 
 
-def _num_passkey(config: DataConfig) -> int:
-    return round(config.num_samples * config.passkey_fraction)
+def split_sizes(config: DataConfig) -> dict:
+    """Samples per split (validation and test at least one each)."""
+    validation = max(1, round(config.val_fraction * config.num_samples))
+    test = max(1, round(config.test_fraction * config.num_samples))
+    return {"train": config.num_samples - validation - test, "validation": validation, "test": test}
 
 
-def _embedded_texts(config: DataConfig):
-    # One document per sample; each word is at least one token, so sample_len words always suffice.
-    return embedded_documents(config.num_samples - _num_passkey(config), config.seed, min_words=config.sample_len)
+def _num_passkey(config: DataConfig, samples: int) -> int:
+    return round(samples * config.passkey_fraction)
 
 
-def _passkey_samples(config: DataConfig, tokenizer):
-    pool = FillerPool.build(tokenizer, seed=config.seed)
-    rng = random.Random(f"passkey-train-{config.seed}")
-    ids, recall = zip(*(passkey_sample(tokenizer, pool, config.sample_len, rng) for _ in range(_num_passkey(config))))
-    return {"input_ids": list(ids), "recall": list(recall)}
+def _corpus_documents(config: DataConfig, split: str, samples: int):
+    """Enough documents of the split's own stream for `samples` samples: each document has at
+    least sample_len words (so tokens), one more makes up for the first sample's offset."""
+    return embedded_documents(samples + 1, stream_seed(config.seed, CORPUS, config.sample_len, split),
+                              min_words=config.sample_len)
 
 
-def _flag_recall(batch, tokenizer, sample_len):
-    encoded = tokenizer(batch["text"], return_offsets_mapping=True, add_special_tokens=False)
+def _cut(ids, recall, sample_len, count, offset=0):
+    ids, recall = ids[offset:], recall[offset:]
+    return {"input_ids": [ids[i:i + sample_len] for i in range(0, count * sample_len, sample_len)],
+            "recall": [recall[i:i + sample_len] for i in range(0, count * sample_len, sample_len)]}
+
+
+def _embedded_samples(docs, tokenizer, config: DataConfig, split: str, count: int) -> dict:
+    """`count` consecutive samples of the split's EOS-joined token stream, recall tokens flagged
+    (a token is recall when its characters overlap a recall span of its document)."""
+    encoded = tokenizer([d["text"] for d in docs], return_offsets_mapping=True, add_special_tokens=False)
     ids, recall = [], []
-    for tokens, offsets, spans in zip(encoded["input_ids"], encoded["offset_mapping"], batch["recall_spans"]):
-        tokens, offsets = tokens[:sample_len], offsets[:sample_len]
-        ids.append(tokens)
-        recall.append([int(any(s < span_end and e > span_start for span_start, span_end in spans))
-                       for s, e in offsets])
-    return {"input_ids": ids, "recall": recall}
+    for tokens, offsets, doc in zip(encoded["input_ids"], encoded["offset_mapping"], docs):
+        chars = np.zeros(len(doc["text"]) + 1, dtype=np.int64)
+        for start, end in doc["recall_spans"]:
+            chars[start + 1:end + 1] = 1
+        covered = np.cumsum(chars)  # covered[e] - covered[s]: recall characters in [s, e)
+        ids += tokens + [tokenizer.eos_token_id]
+        recall += [int(covered[e] > covered[s]) for s, e in offsets] + [0]
+    offset = stream_rng(config.seed, CORPUS_OFFSET, config.sample_len, split).randrange(config.sample_len)
+    return _cut(ids, recall, config.sample_len, count, offset)
 
 
-def _packed(token_stream, sample_len, num_samples):
-    """Cut a stream of token lists (documents, EOS-joined) into `num_samples` samples."""
-    buffer, samples = [], []
-    for tokens in token_stream:
-        buffer.extend(tokens)
-        while len(buffer) >= sample_len and len(samples) < num_samples:
-            samples.append(buffer[:sample_len])
-            buffer = buffer[sample_len:]
-        if len(samples) == num_samples:
+def _split_of(draw: float, config: DataConfig) -> str:
+    return ("test" if draw < config.test_fraction else
+            "validation" if draw < config.test_fraction + config.val_fraction else "train")
+
+
+def _source_samples(kind, path, tokenizer, config: DataConfig, counts: dict) -> dict:
+    """Per split, `counts[split]` consecutive samples of the EOS-joined tokens of the documents
+    that went to it (each document goes to one split, drawn from the suite seed's stream), the
+    first from an arbitrary offset."""
+    assign = stream_rng(config.seed, DOCUMENT_SPLIT)
+    offsets = {split: stream_rng(config.seed, CORPUS_OFFSET, config.sample_len, split).randrange(config.sample_len)
+               for split in SPLITS}
+    needed = {split: offsets[split] + counts[split] * config.sample_len for split in SPLITS}
+    streams = {split: [] for split in SPLITS}
+    for text in stream_texts(kind, path):
+        split = _split_of(assign.random(), config)
+        if len(streams[split]) < needed[split]:
+            streams[split] += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        if all(len(streams[s]) >= needed[s] for s in SPLITS):
             break
-    return samples
+    out = {}
+    for split, stream in streams.items():
+        have = min(counts[split], max(len(stream) - offsets[split], 0) // config.sample_len)
+        out[split] = _cut(stream, [0] * len(stream), config.sample_len, have, offsets[split])
+    return out
+
+
+def _training_texts(kind, path, config: DataConfig):
+    """Raw text of the training split to train a tokenizer on (about 6 characters per token)."""
+    budget, texts = config.num_samples * config.sample_len * 6, []
+    assign = stream_rng(config.seed, DOCUMENT_SPLIT)
+    for text in stream_texts(kind, path):
+        if _split_of(assign.random(), config) == "train":
+            texts.append(text)
+            budget -= len(text)
+            if budget <= 0:
+                break
+    return texts
+
+
+def _passkey_samples(config: DataConfig, tokenizer, split: str, count: int) -> dict:
+    pool = FillerPool.build(tokenizer, config.seed, split)
+    rng = stream_rng(config.seed, PASSKEY_TRAIN, config.sample_len, split)
+    ids, recall = zip(*(passkey_sample(tokenizer, pool, config.sample_len, rng) for _ in range(count)))
+    return {"input_ids": list(ids), "recall": list(recall)}
 
 
 def _cache_key(config: DataConfig, kind, path, tokenizer) -> str:
@@ -88,71 +149,70 @@ def _cache_key(config: DataConfig, kind, path, tokenizer) -> str:
             if f.is_file():
                 files.append([str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns])
     key = dict(version=CACHE_VERSION, kind=kind, files=files, tokenizer=tokenizer_fingerprint(tokenizer),
-               num_samples=config.num_samples, sample_len=config.sample_len,
-               passkey_fraction=config.passkey_fraction,
-               seed=config.seed if kind == "embedded" or config.passkey_fraction else None)
+               **{k: getattr(config, k) for k in ("num_samples", "sample_len", "val_fraction", "test_fraction",
+                                                   "passkey_fraction", "seed")})
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def _build_splits(config: DataConfig, kind, path, tokenizer, corpus) -> DatasetDict:
+    sizes = split_sizes(config)
+    passkeys = {split: _num_passkey(config, n) for split, n in sizes.items()}
+    counts = {split: sizes[split] - passkeys[split] for split in SPLITS}
+    if kind == "embedded":
+        samples = {split: _embedded_samples(corpus[split], tokenizer, config, split, counts[split])
+                   for split in SPLITS}
+    else:
+        samples = _source_samples(kind, path, tokenizer, config, counts)
+    splits = {}
+    for split in SPLITS:
+        have = len(samples[split]["input_ids"])
+        if have < counts[split]:
+            raise ValueError(f"data: {config.source} gives only {have} full {split} samples of "
+                             f"{config.sample_len} tokens; num_samples asks for {counts[split]}")
+        dataset = Dataset.from_dict(samples[split])
+        if passkeys[split]:
+            dataset = concatenate_datasets([dataset, Dataset.from_dict(
+                _passkey_samples(config, tokenizer, split, passkeys[split]))])
+        splits[split] = dataset
+    return DatasetDict(splits)
+
+
 def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBundle:
-    """Samples for `config`; `tokenizer` (e.g. a checkpoint's own) replaces the configured one."""
+    """Samples for `config`; `tokenizer` (e.g. a checkpoint's own) replaces the configured one,
+    which is otherwise trained (if it is a BPE) on training-split text only."""
     kind, path = parse_source(config.source)
     facts = reversal_facts(config.reversal_facts, seed=config.seed)
-    docs = _embedded_texts(config) if kind == "embedded" else None
+    corpus = None
+    if kind == "embedded":
+        sizes = split_sizes(config)
+        corpus = {split: _corpus_documents(config, split, n - _num_passkey(config, n)) for split, n in sizes.items()}
     if tokenizer is not None:
         tokenizer_name = getattr(tokenizer, "name_or_path", "") or "given"
-    elif docs is not None:
-        tokenizer_texts = [d["text"] for d in docs] + [f.forward for f in facts]
     else:
-        # Enough raw text to train a tokenizer on, should one be needed (about 6 characters per token).
-        budget, tokenizer_texts = config.num_samples * config.sample_len * 6, []
-        if config.tokenizer in ("bpe", "pythia"):
-            for text in stream_texts(kind, path):
-                tokenizer_texts.append(text)
-                budget -= len(text)
-                if budget <= 0:
-                    break
-    if tokenizer is None:
+        texts = ([d["text"] for d in corpus["train"]] if corpus is not None else
+                 _training_texts(kind, path, config) if config.tokenizer in ("bpe", "pythia") else [])
         if config.passkey_fraction:  # the needle's and question's words in the tokenizer's vocabulary
-            rng = random.Random(config.seed)
-            tokenizer_texts += [NEEDLE.format(key=rng.randrange(10000, 100000)) + QUESTION for _ in range(100)]
-        tokenizer, tokenizer_name = load_tokenizer(config.tokenizer, tokenizer_texts + [f.forward for f in facts],
+            rng = stream_rng(config.seed, TOKENIZER)
+            texts += [NEEDLE.format(key=rng.randrange(10000, 100000)) + QUESTION for _ in range(100)]
+        tokenizer, tokenizer_name = load_tokenizer(config.tokenizer, texts + [f.forward for f in facts],
                                                    config.vocab_size, cache_dir / "tokenizers")
     sample_dir = cache_dir / "samples" / _cache_key(config, kind, path, tokenizer)
-    if not (sample_dir / "dataset_info.json").exists():
-        if docs is not None:
-            samples = Dataset.from_list(docs).map(
-                _flag_recall, batched=True, remove_columns=["text", "recall_spans"],
-                fn_kwargs=dict(tokenizer=tokenizer, sample_len=config.sample_len))
-        else:
-            eos = [tokenizer.eos_token_id]
-            stream = (tokenizer(t, add_special_tokens=False)["input_ids"] + eos for t in stream_texts(kind, path))
-            ids = _packed(stream, config.sample_len, config.num_samples - _num_passkey(config))
-            samples = Dataset.from_dict({"input_ids": ids, "recall": [[0] * config.sample_len for _ in ids]})
-        if config.passkey_fraction:
-            samples = concatenate_datasets([samples, Dataset.from_dict(_passkey_samples(config, tokenizer))])
-        short = [len(x) for x in samples["input_ids"] if len(x) < config.sample_len]
-        if len(samples) < config.num_samples or short:
-            raise ValueError(f"data: {config.source} gives only {len(samples)} full samples of {config.sample_len} "
-                             f"tokens; num_samples asks for {config.num_samples}")
+    if not (sample_dir / "dataset_dict.json").exists():
+        splits = _build_splits(config, kind, path, tokenizer, corpus)
         with atomic_dir(sample_dir) as tmp:
-            samples.save_to_disk(str(tmp))
-    samples = load_from_disk(str(sample_dir))
-
-    order = list(range(len(samples)))
-    random.Random(config.seed).shuffle(order)
-    num_val = max(1, round(config.val_fraction * len(order)))
-    validation = samples.select(sorted(order[:num_val]))
-    train = samples.select(order[num_val:])
+            splits.save_to_disk(str(tmp))
+    splits = load_from_disk(str(sample_dir))
+    train = splits["train"]
     reversal = reversal_samples(facts, tokenizer, config)
     if reversal:
         train = concatenate_datasets([train, Dataset.from_dict(
             {"input_ids": reversal, "recall": [[0] * config.sample_len for _ in reversal]})])
     info = dict(source=config.source, kind=kind, tokenizer=tokenizer_name, vocab_size=len(tokenizer),
-                train_samples=len(train), validation_samples=len(validation), reversal_samples=len(reversal),
-                passkey_samples=_num_passkey(config),
+                train_samples=len(train), validation_samples=len(splits["validation"]),
+                test_samples=len(splits["test"]), reversal_samples=len(reversal),
+                passkey_samples={split: _num_passkey(config, n) for split, n in split_sizes(config).items()},
                 sample_len=config.sample_len, cache=str(sample_dir), config=asdict(config))
-    return DataBundle(train, validation, tokenizer, facts, info)
+    return DataBundle(train, splits["validation"], splits["test"], tokenizer, facts, info)
 
 
 def reversal_samples(facts, tokenizer, config: DataConfig) -> list[list[int]]:
@@ -163,16 +223,16 @@ def reversal_samples(facts, tokenizer, config: DataConfig) -> list[list[int]]:
     if not config.reversal_repeats:
         return []
     sentences = [f.forward for f in facts] * config.reversal_repeats
-    random.Random(config.seed + 1).shuffle(sentences)
+    stream_rng(config.seed, REVERSAL_ORDER).shuffle(sentences)
     eos = tokenizer.eos_token_id
     stream = [t for s in sentences for t in tokenizer(s, add_special_tokens=False)["input_ids"] + [eos]]
     count = -(-len(stream) // config.sample_len)
-    stream = (stream * 2)[:count * config.sample_len]
+    stream = list(itertools.islice(itertools.cycle(stream), count * config.sample_len))
     return [stream[i:i + config.sample_len] for i in range(0, len(stream), config.sample_len)]
 
 
 def long_document(tokenizer, length: int, seed: int) -> list[int]:
     """One embedded-corpus document of `length` tokens: its people are stated at the start and
     recalled throughout, so that reading it well needs memory at every length."""
-    text, _ = make_document(random.Random(f"long-{seed}"), min_words=length)
+    text, _ = make_document(stream_rng(seed, LONG_DOCUMENT), min_words=length)
     return encode_long(tokenizer, text)[:length]

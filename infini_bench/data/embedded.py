@@ -13,6 +13,11 @@ ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "l", "m", "n", "p
           "th", "v", "w", "z"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou", "y"]
 CODAS = ["", "", "l", "n", "r", "s", "th", "x", "nd", "rk"]
+# Invented words of the corpus start with one of these onsets, those of the reversal facts
+# (data/reversal.py) with one of the others: their first letters differ, so no fact's name is
+# ever a person or town of the corpus.
+CORPUS_ONSETS = ["b", "br", "c", "d", "dr", "f", "g", "gr", "h", "k", "l", "m"]
+FACT_ONSETS = [o for o in ONSETS if o not in CORPUS_ONSETS]
 TOWN_SUFFIXES = ["moor", "ford", "wick", "dale", "haven", "gate", "holm", "field"]
 PROFESSIONS = ["courier", "baker", "sailor", "teacher", "miner", "weaver", "doctor", "painter", "farmer",
                "clerk", "smith", "pilot", "singer", "judge", "tailor", "guard"]
@@ -33,8 +38,10 @@ def _syllable(rng):
     return rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS)
 
 
-def invented_word(rng, syllables=2):
-    return "".join(_syllable(rng) for _ in range(syllables)).capitalize()
+def invented_word(rng, syllables=2, first_onsets=CORPUS_ONSETS):
+    """A capitalised made-up word whose first syllable starts with one of `first_onsets`."""
+    first = rng.choice(first_onsets) + rng.choice(VOWELS) + rng.choice(CODAS)
+    return (first + "".join(_syllable(rng) for _ in range(syllables - 1))).capitalize()
 
 
 def filler_sentence(rng):
@@ -105,7 +112,8 @@ def make_document(rng: random.Random, min_words: int = 300):
 
 
 def embedded_documents(num_documents: int, seed: int, min_words: int = 300):
-    """`num_documents` documents as dicts {"text", "recall_spans"}, the same for the same seed."""
+    """`num_documents` documents as dicts {"text", "recall_spans"}, the same for the same seed
+    (the caller derives it per stage and split: infini_bench/seeds.py)."""
     rng = random.Random(seed)
     out = []
     for _ in range(num_documents):

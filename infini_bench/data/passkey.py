@@ -10,6 +10,7 @@ built in seconds and their token counts are known without tokenizing them again.
 import random
 from dataclasses import dataclass
 
+from ..seeds import FILLER, PASSKEY_EVAL, stream_rng
 from .embedded import filler_sentence
 
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
@@ -25,8 +26,9 @@ class FillerPool:
     tokens: list[list[int]]
 
     @classmethod
-    def build(cls, tokenizer, size: int = POOL_SIZE, seed: int = 0) -> "FillerPool":
-        rng = random.Random(f"filler-{seed}")
+    def build(cls, tokenizer, seed: int, split: str, size: int = POOL_SIZE) -> "FillerPool":
+        """The pool of a split (training samples or evaluation haystacks), from the suite seed."""
+        rng = stream_rng(seed, FILLER, split=split)
         sentences = [" " + filler_sentence(rng) for _ in range(size)]
         return cls(sentences, tokenizer(sentences, add_special_tokens=False)["input_ids"])
 
@@ -81,14 +83,15 @@ def passkey_sample(tokenizer, pool: FillerPool, length: int, rng: random.Random)
     return ids, [0] * (length - len(answer)) + [1] * len(answer)
 
 
-def passkey_documents(tokenizer, length: int, depths, docs_per_depth: int,
-                      seed: int = 0) -> list[dict]:
+def passkey_documents(tokenizer, length: int, depths, docs_per_depth: int, seed: int) -> list[dict]:
     """The evaluation documents of one length: {context, target, depth, length} for each depth
-    and document; the same for the same tokenizer and seed (lm-eval tasks and the suite share them)."""
-    pool = FillerPool.build(tokenizer, seed=seed)
+    and document; the same for the same tokenizer and suite seed (lm-eval tasks and the suite
+    share them)."""
+    pool = FillerPool.build(tokenizer, seed, "evaluation")
     rows = []
     for depth in depths:
         for k in range(docs_per_depth):
-            context, key = passkey_text(tokenizer, pool, length, depth, random.Random(f"{seed}-{length}-{depth}-{k}"))
+            rng = stream_rng(seed, PASSKEY_EVAL, length, f"{depth}-{k}")
+            context, key = passkey_text(tokenizer, pool, length, depth, rng)
             rows.append({"context": context, "target": f" {key}", "depth": depth, "length": length})
     return rows

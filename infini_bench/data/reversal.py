@@ -10,10 +10,10 @@ ranked by log-likelihood against distractors of the same relation.
 is ungrammatical for some facts; these are not.)
 """
 
-import random
 from dataclasses import dataclass
 
-from .embedded import invented_word
+from ..seeds import DISTRACTORS, REVERSAL_FACTS, stream_rng
+from .embedded import FACT_ONSETS, invented_word
 
 RELATIONS = ["the founder of", "the director of", "the mayor of", "the author of", "the inventor of",
              "the composer of", "the captain of", "the architect of"]
@@ -68,13 +68,14 @@ class Fact:
 
 
 def reversal_facts(num_invented: int, seed: int) -> list[Fact]:
-    """`num_invented` invented facts with distinct names and things, then the real facts."""
-    rng = random.Random(seed)
+    """`num_invented` invented facts with distinct names and things, then the real facts; from
+    the suite seed's own stream, with words that no corpus person or town has (FACT_ONSETS)."""
+    rng = stream_rng(seed, REVERSAL_FACTS)
     facts, names, things = [], set(), set()
     while len(facts) < num_invented:
         relation = RELATIONS[len(facts) % len(RELATIONS)]
-        name = f"{invented_word(rng)} {invented_word(rng)}"
-        thing = rng.choice(THING_KINDS[relation]).format(invented_word(rng, 3))
+        name = f"{invented_word(rng, 2, FACT_ONSETS)} {invented_word(rng, 2, FACT_ONSETS)}"
+        thing = rng.choice(THING_KINDS[relation]).format(invented_word(rng, 3, FACT_ONSETS))
         if name in names or thing in things:
             continue
         names.add(name)
@@ -83,13 +84,14 @@ def reversal_facts(num_invented: int, seed: int) -> list[Fact]:
     return facts + [Fact(*f, real=True) for f in REAL_FACTS]
 
 
-def distractors(facts: list[Fact], index: int, direction: str, count: int, seed: int = 0) -> list[str]:
-    """`count` wrong answers for fact `index`, from other facts (same relation first)."""
+def distractors(facts: list[Fact], index: int, direction: str, count: int, seed: int) -> list[str]:
+    """`count` wrong answers for fact `index`, from other facts (same relation first); `seed`:
+    the suite's."""
     fact = facts[index]
     field = "thing" if direction == "forward" else "name"
     same = [getattr(f, field) for i, f in enumerate(facts) if i != index and f.relation == fact.relation]
     other = [getattr(f, field) for i, f in enumerate(facts) if i != index and f.relation != fact.relation]
-    rng = random.Random(seed * 100_003 + index)
+    rng = stream_rng(seed, DISTRACTORS, split=index)
     rng.shuffle(same)
     rng.shuffle(other)
     pool = [a for a in dict.fromkeys(same + other) if a != getattr(fact, field)]

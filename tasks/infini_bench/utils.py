@@ -2,7 +2,7 @@
 
 The tasks are handed lm-eval's `--model_args` as metadata. With `pretrained=<run dir>`, the
 data is exactly the suite's: the run's data config (run_config.json) and the run's own
-tokenizer give the same validation samples and reversal facts that the leaderboard used.
+tokenizer give the same test samples, reversal facts and pass-key documents that the leaderboard used.
 """
 
 import json
@@ -40,10 +40,10 @@ def _dataset(rows):
 # ---------- position-wise PPL ----------
 
 def positional_dataset(pretrained=None, position_bins=REFERENCE_BINS, **kwargs):
-    """One loglikelihood request per (validation sample, position bin): the context is the
+    """One loglikelihood request per (test sample, position bin): the context is the
     sample up to the bin, the continuation the bin's tokens (targets of positions start..end-1)."""
     config, tokenizer, _ = _run(pretrained)
-    samples = prepare_data(config, default_cache_dir(), tokenizer=tokenizer).validation["input_ids"]
+    samples = prepare_data(config, default_cache_dir(), tokenizer=tokenizer).test["input_ids"]
     rows = []
     for sample_id, ids in enumerate(samples):
         for start, end in bin_edges(position_bins, len(ids) - 1):
@@ -110,13 +110,14 @@ def mean_loss_ppl(losses):
 
 # ---------- passkey retrieval ----------
 
-def passkey_dataset(length, pretrained=None, depths=None, docs_per_depth=None, seed=0, **kwargs):
+def passkey_dataset(length, pretrained=None, depths=None, docs_per_depth=None, seed=None, **kwargs):
     """Haystacks of `length` tokens (by the model's tokenizer) with a five-digit pass key hidden
     at each depth; the request asks for the key after the haystack. Depths and documents per
-    depth: the run's own grid (evaluation.passkey_depths, passkey_docs) unless given."""
-    _, tokenizer, evaluation = _run(pretrained)
+    depth: the run's own grid (evaluation.passkey_depths, passkey_docs) and documents (from its
+    suite seed) unless given."""
+    config, tokenizer, evaluation = _run(pretrained)
     return _dataset(passkey_documents(tokenizer, length, depths or evaluation.passkey_depths,
-                                      docs_per_depth or evaluation.passkey_docs, seed))
+                                      docs_per_depth or evaluation.passkey_docs, config.seed if seed is None else seed))
 
 
 def passkey_results(doc, results):

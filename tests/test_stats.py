@@ -1,0 +1,76 @@
+"""The leaderboard's statistics against plain computations: bootstraps, paired tests, Holm."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from infini_bench.pipeline import stopping
+from infini_bench.stats import Metric, block_indices, block_length, bootstrap_interval, holm, paired_bootstrap, paired_t
+
+
+def test_holm_matches_the_step_down_definition():
+    p = [0.01, 0.04, 0.03, 0.005, float("nan")]
+    # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone 0.06
+    assert holm(p)[:4] == pytest.approx([0.03, 0.06, 0.06, 0.02]) and np.isnan(holm(p)[4])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+
+
+def test_circular_blocks_are_contiguous_and_cover_every_item_equally():
+    rng = np.random.default_rng(0)
+    index = block_indices(10, 4, 1, rng, resamples=20_000)
+    assert index.shape == (20_000, 10)
+    steps = np.diff(index[:, :4], axis=1) % 10
+    assert (steps == 1).all()  # a block is consecutive items, wrapping around the end
+    counts = np.bincount(index.ravel(), minlength=10) / index.size
+    assert counts == pytest.approx(np.full(10, 0.1), abs=0.005)
+    batches = block_indices(40, 16, 8, rng, resamples=1000)  # blocks of two whole batches of 8
+    assert (batches[:, ::16] % 8 == 0).all()
+    assert block_length(160, None) == 1 and block_length(160, 8) == 8 * 3  # 20 batches -> 3 per block
+    assert block_length(40, 8) == 8  # 5 batches: blocks of one batch, so that there are at least 3
+
+
+def test_too_few_blocks_give_no_interval():
+    metric = Metric(np.arange(16, dtype=float), np.ones(16), False)
+    assert np.isnan(bootstrap_interval(metric, 8, 8, np.random.default_rng(0))).all()
+    result = paired_bootstrap([metric], [metric], 8, 8, np.random.default_rng(0))
+    assert np.isnan(result["p"]) and result["difference"] == 0
+
+
+def test_bootstrap_interval_of_a_ppl_matches_a_plain_loop():
+    rng = np.random.default_rng(1)
+    nll = rng.gamma(2.0, 1.0, 200)
+    metric = Metric(nll, np.ones(200), True)
+    low, high = bootstrap_interval(metric, 1, 1, np.random.default_rng(5))
+    plain = np.random.default_rng(5).integers(0, 200, (10_000, 200))
+    values = np.exp(nll[plain].mean(1))
+    assert [low, high] == pytest.approx(np.percentile(values, [2.5, 97.5]))
+    assert low < np.exp(nll.mean()) < high
+
+
+def test_paired_bootstrap_finds_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(2)
+    base = rng.gamma(2.0, 1.0, 300)
+    same = Metric(base, np.ones(300), True)
+    better = Metric(base - 0.05 + rng.normal(0, 0.01, 300), np.ones(300), True)
+    noisy = Metric(base + rng.normal(0, 0.3, 300), np.ones(300), True)
+    found = paired_bootstrap([better], [same], 1, 1, np.random.default_rng(0))
+    assert found["difference"] < 0 and found["ci95"][1] < 0 and found["p"] < 0.001
+    null = paired_bootstrap([noisy], [same], 1, 1, np.random.default_rng(0))
+    assert null["ci95"][0] < 0 < null["ci95"][1] or null["p"] > 0.01
+    # Pairing matters: an unpaired view of `better` vs `same` would not see a 0.05-nat shift.
+    assert stats.ttest_ind(better.numerator, same.numerator).pvalue > 0.05
+
+
+def test_paired_t_matches_scipy():
+    a, b = np.array([7.51, 7.55, 7.49]), np.array([7.55, 7.58, 7.56])
+    t = paired_t(a - b)
+    assert t["p"] == pytest.approx(stats.ttest_rel(a, b).pvalue) and t["seeds"] == 3
+    assert t["half_width"] == pytest.approx(stats.t.ppf(0.975, 2) * np.std(a - b, ddof=1) / np.sqrt(3))
+
+
+def test_stopping_says_capped_only_when_still_improving():
+    curve = lambda *v: [{"epoch": i + 1, "val_ppl": x} for i, x in enumerate(v)]  # noqa: E731
+    assert stopping(curve(8.0, 7.6, 7.61), 10, 0.01) == "early stop"
+    assert stopping(curve(8.0, 7.6, 7.5), 3, 0.01) == "capped"
+    assert stopping(curve(8.0, 7.6, 7.595), 3, 0.01) == "max epochs"  # improved by less than min_delta
+    assert stopping(curve(8.0), 1, 0.01) == "one epoch"

@@ -504,8 +504,9 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
               "pass-key and long-document metrics documents of their own. Samples are consecutive cuts of "
               "each split's token stream (documents EOS-joined, the first cut at an arbitrary offset), so a "
               "sample starts anywhere in a document. Intervals: 95% percentile bootstrap (10,000 resamples) "
-              "over test samples — in stream scope circular blocks of whole evaluation batches, since the "
-              "memory links them — or over facts; Wilson for accuracies.", ""]
+              "over test samples in circular blocks of consecutive samples (neighbours share documents; in "
+              "stream scope the blocks are whole evaluation batches, since the memory links them too), or "
+              "over facts; Wilson for accuracies.", ""]
     lines += [f"## Summary (seed {first['seed']})", "", _markdown(summary_table(results)), "",
               "stop: *early stop* = patience ran out; *capped* = reached max_epochs while its last epoch still "
               "improved validation PPL by more than min_delta (more epochs might have helped); *max epochs* = "

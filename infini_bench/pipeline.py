@@ -166,8 +166,9 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
     if not distributed.is_main():  # the other evaluations and the files are the main process's
         distributed.barrier()
         return None
-    stream = getattr(model.config, "memory_scope", None) == "stream"  # the memory links the batches
-    block, align = block_length(len(test_items["nll"]), batch if stream else None), batch if stream else 1
+    # Consecutive test samples share documents; in stream scope the memory also links the batches.
+    align = batch if getattr(model.config, "memory_scope", None) == "stream" else 1
+    block = block_length(len(test_items["nll"]), align)
     rng = np.random.default_rng(stream_seed(config.data.seed, BOOTSTRAP, "test-ppl", spec.slug))
     test["ppl_bootstrap_ci95"] = bootstrap_interval(Metric(np.array(test_items["nll"]), np.ones(len(test_items["nll"])),
                                                            True), block, align, rng)

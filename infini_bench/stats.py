@@ -3,9 +3,11 @@
 - A metric of one run is an aggregate of per-item parts (items: test samples or facts): the
   sum of numerators over the sum of denominators, through exp for a PPL. `Metric` says which.
 - Items are resampled in contiguous blocks (circular block bootstrap, Politis & Romano 1992:
-  blocks wrap around the end, so every item is equally likely): in stream scope the memory
-  links consecutive evaluation batches, so a block is several whole batches; elsewhere items
-  are independent and a block is one item.
+  blocks wrap around the end, so every item is equally likely). Test samples are consecutive
+  cuts of one token stream, so neighbours share documents and are not independent (in `core`
+  the lag-1 autocorrelation of per-sample losses is about -0.3): a block is several
+  consecutive samples, and in stream scope, where the memory also links consecutive
+  evaluation batches, several whole batches. Facts are scored one by one: a block is one fact.
 - Two models are compared on the same items, paired: every resample draws one set of item
   indices for both models and every seed, and the statistic is the seed-mean of the
   differences. Its interval covers the sampling of test items, not training randomness; the
@@ -41,14 +43,12 @@ class Metric:
 MIN_BLOCKS = 3  # fewer blocks than this and a resample is little more than a rotation: no interval
 
 
-def block_length(items: int, eval_batch: int | None) -> int:
-    """Items per resampled block: 1 for independent items; in stream scope whole evaluation
-    batches, about (number of batches)^(1/3) of them (the usual order for a block bootstrap),
+def block_length(items: int, unit: int = 1) -> int:
+    """Items per resampled block: whole units (an evaluation batch in stream scope, a sample
+    otherwise), about (number of units)^(1/3) of them (the usual order for a block bootstrap),
     and few enough that the items hold at least MIN_BLOCKS blocks."""
-    if not eval_batch:
-        return 1
-    batches = -(-items // eval_batch)
-    return eval_batch * max(1, min(round(batches ** (1 / 3)), batches // MIN_BLOCKS))
+    units = -(-items // unit)
+    return unit * max(1, min(round(units ** (1 / 3)), units // MIN_BLOCKS))
 
 
 def block_indices(items: int, block: int, align: int, rng: np.random.Generator,

@@ -25,7 +25,8 @@ def test_circular_blocks_are_contiguous_and_cover_every_item_equally():
     assert counts == pytest.approx(np.full(10, 0.1), abs=0.005)
     batches = block_indices(40, 16, 8, rng, resamples=1000)  # blocks of two whole batches of 8
     assert (batches[:, ::16] % 8 == 0).all()
-    assert block_length(160, None) == 1 and block_length(160, 8) == 8 * 3  # 20 batches -> 3 per block
+    assert block_length(160) == 5 and block_length(160, 8) == 8 * 3  # 160^(1/3) samples; 20 batches -> 3
+    assert block_length(4) == 1  # too few for blocks of several
     assert block_length(40, 8) == 8  # 5 batches: blocks of one batch, so that there are at least 3
 
 

@@ -21,6 +21,7 @@ from scipy import stats
 
 from .cli import ArgumentParser, fail
 from .io import atomic_write_text
+from .paths import source_commit
 from .seeds import BOOTSTRAP, stream_seed
 from .stats import MIN_BLOCKS, Metric, bootstrap_interval, holm, mean_ci, paired_bootstrap, paired_t
 from .suites import find_suite, read_suite
@@ -118,6 +119,29 @@ def _pm(mean, half, digits):
         return f"{mean:.{digits}f} (no spread)"
     d = _digits(half, digits)
     return f"{mean:.{d}f} ± {half:.{d}f}"
+
+
+def _written_by(results) -> str:
+    """Names the commit that wrote the tables when it is not the runs' own (a rebuild by a later
+    commit from the same results files)."""
+    now = source_commit()
+    runs = {r.get("git_commit") for r in results}
+    shown = now[:12] + ("-dirty" if now and now.endswith("-dirty") else "") if now else ""
+    return f" (tables written by commit `{shown}` from these runs)" if now and runs != {now} else ""
+
+
+def _forward_knowledge(results) -> tuple[list[str], list[str]]:
+    """Models that know fewer than half the trained facts forward (Wilson upper bound below 0.5),
+    and of those, the ones not above chance (Wilson lower bound at or below it)."""
+    few, at_chance = [], []
+    for r in results:
+        rev = r["reversal"]
+        low, high = _wilson(int(np.sum(_items(r)["reversal"]["forward_correct"])), rev["facts"])
+        if high < 0.5:
+            few.append(r["model"])
+        if low <= 1 / (rev["distractors"] + 1):
+            at_chance.append(r["model"])
+    return few, at_chance
 
 
 def _kilobytes(n):
@@ -495,7 +519,7 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
     lines += [f"Preset `{first['preset']}`, data `{data['source']}` ({data['train_samples']} train / "
               f"{data['validation_samples']} validation / {data['test_samples']} test samples of {data['sample_len']} "
               f"tokens, tokenizer `{data['tokenizer']}`, data seed {data['config']['seed']}), "
-              f"device `{first['device']}`, commit `{(first.get('git_commit') or '?')[:12]}`. "
+              f"device `{first['device']}`, commit `{(first.get('git_commit') or '?')[:12]}`{_written_by(results)}. "
               f"Each row comes from `runs/{suite}/<model>/results.json` "
               f"(per-item losses: `per_item.json`).", "",
               "Protocol: early stopping and the kept checkpoint are chosen on the validation split; every "
@@ -523,14 +547,19 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
         lines += [f"## Across seeds ({len(seeds)}: {', '.join(map(str, seeds))})", "",
                   "Each seed is one run per model (initialisation and data order; the same data and test "
                   "split). Mean ± half-width of the 95% t-interval over seeds; with fewer than 3 seeds no "
-                  "t-interval is given, only the values.", "", _markdown(seeds_table(groups, seeds)), "",
+                  "t-interval is given, only the values."
+                  + (f" Chance accuracy of the reversal questions: "
+                     f"{1 / (results[0]['reversal']['distractors'] + 1):.3f}." if "reversal" in results[0] else ""),
+                  "", _markdown(seeds_table(groups, seeds)), "",
                   f"## Differences vs {reference}", "",
                   "Paired on the same test items and seeds. *Paired bootstrap*: the seed-mean difference, "
                   "items resampled together for both models (it covers the sampling of test items, not "
                   "training randomness). *Across seeds*: paired t-interval of the per-seed differences (it "
                   "covers training randomness; needs 3 or more seeds). p-values are two-sided and "
                   f"Holm-adjusted over the {len(rows)} comparisons of this table, separately for each test; "
-                  "a verdict needs Holm p < 0.05. \"No difference detected\" is not evidence of equivalence.",
+                  "a verdict needs Holm p < 0.05. A test-item verdict holds for these trained runs only; a "
+                  "finding about the models needs the across-seed verdict as well. \"No difference detected\" "
+                  "is not evidence of equivalence.",
                   "", _markdown(differences_table(rows, reference)), ""]
     with_passkey = [r for r in results if "passkey" in r]
     if with_passkey:
@@ -565,6 +594,14 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
                   f"({with_reversal[0]['reversal']['facts']} facts, the trained ones; summed log-probability of "
                   f"the answer). PPL intervals: bootstrap over facts; accuracy: Wilson.", "",
                   _markdown(reversal_table(with_reversal)), ""]
+        few, at_chance = _forward_knowledge(with_reversal)
+        if few:
+            chance = 1 / (with_reversal[0]["reversal"]["distractors"] + 1)
+            lines += [f"**This run cannot show a reversal curse.** Forward accuracy of {', '.join(few)} is below 0.5 "
+                      f"(95% Wilson upper bound){'; for ' + ', '.join(at_chance) + ' it is not above chance' if at_chance else ''} "
+                      f"(chance {chance:.3f}): most trained facts are not known even in the direction they were "
+                      f"trained, so backward accuracy cannot measure reversal, and the PPL gap compares a trained "
+                      f"sentence form with an untrained one.", ""]
     path = leaderboard_dir / f"{suite}.md"
     atomic_write_text(path, "\n".join(lines))
     return path

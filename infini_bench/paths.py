@@ -10,6 +10,7 @@ No torch import: used while a command line is still being checked.
 """
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -43,6 +44,21 @@ def find_config(kind: str, name: str, field: str, what: str, suffixes=(".yaml", 
     known = sorted({p.stem for d in config_dirs(kind) for p in d.glob(f"*{suffixes[0]}")})
     raise ValueError(f"{field}: unknown {what}{name!r}; accepted: {', '.join(known) or '(none found)'} "
                      f"or a {suffixes[0]} path")
+
+
+def source_commit() -> str | None:
+    """The git commit of this checkout, with -dirty for uncommitted changes to anything but the
+    leaderboards (they are outputs: regenerating them does not make the code dirty); None
+    outside a git checkout."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!leaderboard"],
+                               cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
 
 
 def check_writable(path: Path, field: str = "output-dir"):

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from .evaluation import (context_limit, lm_metrics, long_document_ppl, passkey_g
 from .io import atomic_write_json
 from .leaderboard import RunsDisagree, write_leaderboard
 from .models import build_model
+from .paths import source_commit
 from .seeds import BOOTSTRAP, stream_seed
 from .stats import Metric, block_length, bootstrap_interval
 from .training import (NonFiniteLoss, check_checkpoint, eval_batch_size, latest_checkpoint, per_process_batch, train,
@@ -48,18 +48,7 @@ def environment() -> dict:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
-    repo = Path(__file__).resolve().parents[1]
-    commit = None
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        # Leaderboards are outputs: regenerating them does not make the code dirty.
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!leaderboard"],
-                               cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        commit += "-dirty" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return {"packages": versions, "git_commit": commit, "python": platform.python_version(),
+    return {"packages": versions, "git_commit": source_commit(), "python": platform.python_version(),
             "platform": platform.platform(), "cuda": torch.version.cuda,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "torch_threads": torch.get_num_threads(), "data_parallel_processes": distributed.world_size()}

@@ -149,7 +149,10 @@ def _kilobytes(n):
 
 
 def _items(r) -> dict:
-    return json.loads((Path(r["dir"]) / "per_item.json").read_text())
+    """The run's per_item.json, read once per rebuild (`_write_leaderboard` keeps it on the run)."""
+    if "items" not in r:
+        r["items"] = json.loads((Path(r["dir"]) / "per_item.json").read_text())
+    return r["items"]
 
 
 def _rng(r, what):

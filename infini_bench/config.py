@@ -76,7 +76,8 @@ class DataConfig(Section):
     test_fraction: float = 0.1    # the leaderboard's held-out numbers
     tokenizer: str = "pythia"      # "pythia" (trained BPE offline), "bpe", or a hub name / local path
     vocab_size: int = 4096         # of a trained BPE tokenizer
-    reversal_facts: int = 240      # invented facts (real ones are added)
+    reversal_facts: int = 33       # trained reversal facts, and as many control facts (never trained)
+    reversal_relations: int = 3    # relations they are spread over (each needs num_distractors + 1 facts)
     reversal_repeats: int = 10
     passkey_fraction: float = 0.0  # of the samples, pass-key documents (needle at a random depth)
     seed: int = 42
@@ -92,6 +93,7 @@ class DataConfig(Section):
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError(f"data.test_fraction: val_fraction + test_fraction must leave training samples, got "
                              f"{self.val_fraction} + {self.test_fraction}")
+        _positive("data.reversal_relations", self.reversal_relations)
         if self.reversal_repeats < 0:
             raise ValueError(f"data.reversal_repeats: expected 0 or more, got {self.reversal_repeats}")
         if not 0 <= self.passkey_fraction < 1:

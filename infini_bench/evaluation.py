@@ -17,7 +17,7 @@ import torch
 
 from .config import REFERENCE_BINS
 from .data.passkey import passkey_documents
-from .data.reversal import distractors
+from .data.reversal import FACT_SETS, reversal_questions
 from .data.tokenizer import encode_long
 from .distributed import gather_rows, share
 
@@ -188,12 +188,14 @@ def greedy_generate(model, tokens, max_new_tokens: int, stop, device, autocast_d
 
 
 @torch.no_grad()
-def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None):
+def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None, memory=None):
     """For each (tokens, first_target): log p(tokens[t] | tokens[:t]) for t = first_target..n-1,
     and whether each target was the argmax.
 
     Rows are right-padded into batches of similar length; every row has its own empty memory
-    (also in stream scope), so results do not depend on batching. Rows longer than a streaming
+    (also in stream scope), or reads `memory` (a shared one, e.g. `warm_memory`'s; rows of at
+    most one segment only: the memory is read, and what they write is dropped), so results do
+    not depend on batching. Rows longer than a streaming
     chunk are fed through the memory chunk by chunk (Infini models only)."""
     model.eval()
     results = [None] * len(rows)
@@ -217,9 +219,11 @@ def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None):
         for row, i in enumerate(chunk):
             ids[row, :len(rows[i][0])] = torch.tensor(rows[i][0])
             mask[row, :len(rows[i][0])] = 1
-        memory = {"memory_state": model.empty_memory(len(chunk))} if infini else {}
+        if memory is not None and width > model.config.segment_len:
+            raise ValueError(f"a shared memory is read by rows of one segment only; got {width} tokens")
+        state = {"memory_state": model.empty_memory(len(chunk)) if memory is None else memory} if infini else {}
         with _autocast(device, autocast_dtype):
-            logits = model(ids.to(device), attention_mask=mask.to(device), **memory).logits
+            logits = model(ids.to(device), attention_mask=mask.to(device), **state).logits
         logprobs = torch.log_softmax(logits.float(), -1).cpu()
         for row, i in enumerate(chunk):
             tokens, first_target = rows[i]
@@ -238,47 +242,62 @@ def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int
     return encode_long(tokenizer, context + continuation), len(encode_long(tokenizer, context))
 
 
-def loglikelihoods(model, tokenizer, requests, batch_size: int, device, autocast_dtype=None):
+def loglikelihoods(model, tokenizer, requests, batch_size: int, device, autocast_dtype=None, memory=None):
     """lm-eval `loglikelihood`: for each (context, continuation), the summed log-probability of
-    the continuation and whether it is the greedy choice."""
+    the continuation and whether it is the greedy choice; `memory`: see `score_tokens`."""
     rows = [encode_request(tokenizer, c, x) for c, x in requests]
     return [(float(lp.sum()), bool(greedy.all()))
-            for lp, greedy in score_tokens(model, rows, batch_size, device, autocast_dtype)]
+            for lp, greedy in score_tokens(model, rows, batch_size, device, autocast_dtype, memory)]
 
 
-def sentence_losses(model, tokenizer, sentences, batch_size: int, device, autocast_dtype=None) -> np.ndarray:
-    """Each sentence's mean token loss, its first token being context only; the reference's
-    reversal PPL is exp of their mean."""
-    rows = [(tokenizer(s, add_special_tokens=False)["input_ids"], 1) for s in sentences]
-    return np.array([-lp.mean() for lp, _ in score_tokens(model, rows, batch_size, device, autocast_dtype)])
+def sentence_losses(model, tokenizer, sentences, batch_size: int, device, autocast_dtype=None,
+                    memory=None) -> np.ndarray:
+    """Each sentence's mean token loss after EOS, its first token being context only (as the
+    sentences are trained: data/reversal.py); the reference's reversal PPL is exp of their mean."""
+    rows = [([tokenizer.eos_token_id] + tokenizer(s, add_special_tokens=False)["input_ids"], 2) for s in sentences]
+    return np.array([-lp.mean() for lp, _ in score_tokens(model, rows, batch_size, device, autocast_dtype, memory)])
+
+
+@torch.no_grad()
+def warm_memory(model, input_ids, batch_size: int, device, autocast_dtype=None):
+    """The stream-scope memory after reading `input_ids` (held-out samples) in batches of
+    `batch_size`, as training carries it from batch to batch: one memory shared by the batch."""
+    model.eval()
+    state = model.empty_memory(1, shared=True)
+    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
+    for start in range(0, len(ids), batch_size):
+        with _autocast(device, autocast_dtype):
+            state = model.update_memory(ids[start:start + batch_size].to(device), state)
+    return state
 
 
 def reversal_metrics(model, tokenizer, facts, num_distractors: int, batch_size: int, device, autocast_dtype,
-                     seed: int) -> dict:
-    """Forward / backward sentence PPL (reference definition) and ranking accuracy; `items` holds
-    each fact's sentence loss and correctness (for paired bootstraps); `seed`: the suite's."""
+                     seed: int, memory=None) -> dict:
+    """Sentence PPL (the reference's definition) and ranking accuracy of the trained and the
+    control facts (data/reversal.py), forward and backward; keys without a prefix are the
+    trained facts', `control_` ones the control facts'. `items` holds each fact's sentence loss
+    and correctness (for the leaderboard's intervals); `seed`: the suite's; `memory`: one that
+    every question reads (a warmed stream memory), else each reads an empty memory of its own."""
     device = torch.device(device)
-    metrics, items = {"facts": len(facts), "distractors": num_distractors}, {}
-    for direction in ("forward", "backward"):
-        losses = sentence_losses(model, tokenizer, [getattr(f, direction) for f in facts], batch_size, device,
-                                 autocast_dtype)
-        metrics[f"{direction}_ppl"] = math.exp(losses.mean())
-        items[f"{direction}_nll"] = losses.tolist()
-        requests, groups = [], []
-        for i, fact in enumerate(facts):
-            prompt, answer = getattr(fact, f"{direction}_query")()
-            options = [answer] + distractors(facts, i, direction, num_distractors, seed)
-            groups.append(len(options))
-            requests.extend((prompt, option) for option in options)
-        scores = [lp for lp, _ in loglikelihoods(model, tokenizer, requests, batch_size, device, autocast_dtype)]
-        correct, at = [], 0
-        for size in groups:
-            group = scores[at:at + size]
-            correct.append(int(np.argmax(group) == 0))
-            at += size
-        metrics[f"{direction}_acc"] = float(np.mean(correct))
-        items[f"{direction}_correct"] = correct
+    metrics = {"facts": len(facts["trained"]), "control_facts": len(facts["control"]),
+               "distractors": num_distractors, "score": "summed log-probability"}
+    items = {}
+    for which in FACT_SETS:
+        prefix = "" if which == "trained" else f"{which}_"
+        for direction in ("forward", "backward"):
+            losses = sentence_losses(model, tokenizer, [getattr(f, direction) for f in facts[which]], batch_size,
+                                     device, autocast_dtype, memory)
+            questions = reversal_questions(facts[which], direction, num_distractors, seed, which, tokenizer.eos_token)
+            requests = [(q["prompt"], choice) for q in questions for choice in q["choices"]]
+            scores = iter(lp for lp, _ in loglikelihoods(model, tokenizer, requests, batch_size, device,
+                                                         autocast_dtype, memory))
+            correct = [int(np.argmax([next(scores) for _ in q["choices"]]) == 0) for q in questions]
+            metrics[f"{prefix}{direction}_ppl"] = math.exp(losses.mean())
+            metrics[f"{prefix}{direction}_acc"] = float(np.mean(correct))
+            items[f"{prefix}{direction}_nll"] = losses.tolist()
+            items[f"{prefix}{direction}_correct"] = correct
     metrics["ppl_gap"] = metrics["backward_ppl"] - metrics["forward_ppl"]
+    metrics["reversal_effect"] = metrics["backward_acc"] - metrics["control_backward_acc"]
     return {**metrics, "items": items}
 
 

@@ -130,20 +130,6 @@ def _written_by(results) -> str:
     return f" (tables written by commit `{shown}` from these runs)" if now and runs != {now} else ""
 
 
-def _forward_knowledge(results) -> tuple[list[str], list[str]]:
-    """Models that know fewer than half the trained facts forward (Wilson upper bound below 0.5),
-    and of those, the ones not above chance (Wilson lower bound at or below it)."""
-    few, at_chance = [], []
-    for r in results:
-        rev = r["reversal"]
-        low, high = _wilson(int(np.sum(_items(r)["reversal"]["forward_correct"])), rev["facts"])
-        if high < 0.5:
-            few.append(r["model"])
-        if low <= 1 / (rev["distractors"] + 1):
-            at_chance.append(r["model"])
-    return few, at_chance
-
-
 def _kilobytes(n):
     return "—" if not n else f"{n / 1000:.0f} KB"
 
@@ -159,20 +145,32 @@ def _rng(r, what):
     return np.random.default_rng(stream_seed(r["data"]["config"]["seed"], BOOTSTRAP, what, r["slug"]))
 
 
-ITEM_METRICS = {  # label: (part of per_item.json, numerator, denominator or None, PPL?, digits); a PPL is
-    "test PPL": ("test", "nll", None, True, 2),                          # better lower, an accuracy higher
-    "recall-token PPL": ("test", "recall_nll", "recall_tokens", True, 2),
-    "forward acc": ("reversal", "forward_correct", None, False, 3),
-    "backward acc": ("reversal", "backward_correct", None, False, 3),
-    "backward PPL": ("reversal", "backward_nll", None, True, 1),
+# label: (part of per_item.json, numerator (a pair: the first minus the second), denominator or None,
+# PPL?, digits, key of its value in results.json); a PPL is better lower, an accuracy higher.
+ITEM_METRICS = {
+    "test PPL": ("test", "nll", None, True, 2, ("test", "ppl")),
+    "recall-token PPL": ("test", "recall_nll", "recall_tokens", True, 2, ("test", "recall_ppl")),
+    "forward acc": ("reversal", "forward_correct", None, False, 3, ("reversal", "forward_acc")),
+    "backward acc": ("reversal", "backward_correct", None, False, 3, ("reversal", "backward_acc")),
+    "backward PPL": ("reversal", "backward_nll", None, True, 1, ("reversal", "backward_ppl")),
+    # Trained fact i paired with control fact i (two independent sets of equal size, so resampling
+    # the pairs resamples each set): the mean of the differences is the reversal effect.
+    "reversal effect": ("reversal", ("backward_correct", "control_backward_correct"), None, False, 3,
+                        ("reversal", "reversal_effect")),
 }
 
 
-def item_metric(items: dict, label: str) -> Metric | None:
-    part, num, den, log_scale, _ = ITEM_METRICS[label]
+def item_metric(items: dict, label: str, part: str | None = None) -> Metric | None:
+    """The label's per-item metric, from `part` of per_item.json (default: the label's own; e.g.
+    "reversal_warm" for the warmed-memory scores)."""
+    own, num, den, log_scale = ITEM_METRICS[label][:4]
+    part = part or own
     if part not in items:
         return None
-    numerator = np.asarray(items[part][num], dtype=float)
+    if isinstance(num, tuple):
+        numerator = np.asarray(items[part][num[0]], dtype=float) - np.asarray(items[part][num[1]], dtype=float)
+    else:
+        numerator = np.asarray(items[part][num], dtype=float)
     denominator = np.asarray(items[part][den], dtype=float) if den else np.ones(len(numerator))
     return Metric(numerator, denominator, log_scale)
 
@@ -249,24 +247,118 @@ def _wilson(successes: int, n: int) -> list[float]:
     return [float(ci.low), float(ci.high)]
 
 
-def reversal_table(results):
+REVERSAL_ACCURACY = {  # column: per-item numerator of per_item.json's reversal part (a pair: first minus second)
+    "forward, trained": "forward_correct",
+    "forward, control": "control_forward_correct",
+    "backward, trained": "backward_correct",
+    "backward, control": "control_backward_correct",
+    "reversal effect (backward trained − control)": ("backward_correct", "control_backward_correct"),
+}
+KNOWN_FORWARD = 0.5  # lower 95% bound of forward (trained - control) above which the facts count as learned
+
+
+def _reversal_parts(groups, seeds):
+    """(row label, model, part of per_item.json, runs) for every model, and again with the warmed
+    memory for the models that have it (stream scope)."""
+    out = []
+    for part, suffix in (("reversal", ""), ("reversal_warm", " (warmed memory)")):
+        for name, runs in groups.items():
+            runs = [r for r in runs if r["seed"] in seeds]
+            if part in runs[0]:
+                out.append((name + suffix, name, part, runs))
+    return out
+
+
+def _seed_mean(runs, part, numerator, log_scale=False, rng=None):
+    """Seed-mean of a per-fact metric and its 95% bootstrap interval over facts (the same facts
+    resampled for every seed: it covers the sampling of facts, not training randomness)."""
+    metrics = []
+    for r in runs:
+        items = _items(r)[part]
+        value = (np.asarray(items[numerator[0]], float) - np.asarray(items[numerator[1]], float)
+                 if isinstance(numerator, tuple) else np.asarray(items[numerator], float))
+        metrics.append(Metric(value, np.ones(len(value)), log_scale))
+    mean = float(np.mean([m.value() for m in metrics]))
+    return mean, bootstrap_interval(metrics, 1, 1, rng)
+
+
+def _curse_verdict(forward, effect) -> str:
+    """The reversal curse in words, from forward (trained - control) and the reversal effect."""
+    (f_value, f_ci), (e_value, e_ci) = forward, effect
+    if not f_ci[0] > KNOWN_FORWARD:
+        return (f"cannot show a curse: forward not well above control ({f_value:+.2f}, lower bound "
+                f"{f_ci[0]:.2f} ≤ {KNOWN_FORWARD})")
+    if e_ci[0] > 0:
+        return f"no full curse: backward above control ({e_value:+.3f}, lower bound {e_ci[0]:+.3f})"
+    return (f"curse present: learned forward ({f_value:+.2f} over control), backward not detectably above "
+            f"control (at most {e_ci[1]:+.3f} at 95%)")
+
+
+def reversal_table(groups, seeds):
+    """Accuracy of the trained and control facts in both directions, the reversal effect and
+    the verdict, seed-means with bootstrap intervals over facts."""
     rows = []
-    for r in results:
-        rev, items = r["reversal"], _items(r)
-        row = {"model": r["model"]}
-        for direction in ("forward", "backward"):
-            nll = np.asarray(items["reversal"][f"{direction}_nll"])
-            ci = bootstrap_interval(Metric(nll, np.ones(len(nll)), True), 1, 1, _rng(r, f"{direction}-ppl"))
-            row[f"{direction} PPL [95% CI]"] = _with_ci(rev[f"{direction}_ppl"], ci, 1)
-            correct = int(np.sum(items["reversal"][f"{direction}_correct"]))
-            row[f"{direction} acc [95% Wilson]"] = _with_ci(rev[f"{direction}_acc"], _wilson(correct, rev["facts"]), 3)
-        gap = paired_bootstrap([Metric(np.asarray(items["reversal"]["backward_nll"]), np.ones(rev["facts"]), True)],
-                               [Metric(np.asarray(items["reversal"]["forward_nll"]), np.ones(rev["facts"]), True)],
-                               1, 1, _rng(r, "ppl-gap"))
-        row["gap (backward − forward PPL) [95% CI]"] = _with_ci(rev["ppl_gap"], gap["ci95"], 1)
-        row["chance acc"] = f"{1 / (rev['distractors'] + 1):.3f}"
+    for label, name, part, runs in _reversal_parts(groups, seeds):
+        rev = runs[0][part]
+        row = {"model": label}
+        for column, numerator in REVERSAL_ACCURACY.items():
+            value, ci = _seed_mean(runs, part, numerator, rng=_rng(runs[0], f"{part}-{column}"))
+            row[f"{column} [95% CI]"] = _with_ci(value, ci, 3)
+        row["chance"] = f"{1 / (rev['distractors'] + 1):.3f}"
+        row["n"] = f"{rev['facts']} + {rev['control_facts']} facts × {len(runs)} seed(s)"
+        forward = _seed_mean(runs, part, ("forward_correct", "control_forward_correct"),
+                             rng=_rng(runs[0], f"{part}-forward-effect"))
+        effect = _seed_mean(runs, part, REVERSAL_ACCURACY["reversal effect (backward trained − control)"],
+                            rng=_rng(runs[0], f"{part}-reversal effect (backward trained − control)"))
+        row["curse"] = _curse_verdict(forward, effect)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def reversal_ppl_table(groups, seeds):
+    """Sentence PPL (the reference's definition) of the trained and control facts, and the
+    reference's gap (backward - forward, trained facts), seed-means with bootstrap intervals."""
+    rows = []
+    for label, name, part, runs in _reversal_parts(groups, seeds):
+        row = {"model": label}
+        for which, prefix in (("trained", ""), ("control", "control_")):
+            for direction in ("forward", "backward"):
+                value, ci = _seed_mean(runs, part, f"{prefix}{direction}_nll", True,
+                                       _rng(runs[0], f"{part}-{prefix}{direction}-ppl"))
+                row[f"{direction} PPL, {which} [95% CI]"] = _with_ci(value, ci, 1)
+        metrics_a, metrics_b = ([Metric(np.asarray(_items(r)[part][key]), np.ones(len(_items(r)[part][key])), True)
+                                 for r in runs] for key in ("backward_nll", "forward_nll"))
+        gap = paired_bootstrap(metrics_a, metrics_b, 1, 1, _rng(runs[0], f"{part}-ppl-gap"))
+        row["gap, trained (backward − forward) [95% CI]"] = _with_ci(gap["difference"], gap["ci95"], 1)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def reference_claim(rows, groups, seeds, reference: str) -> str:
+    """One sentence on the reference's "16% improvement" (Multi (4) backward PPL 508.6 vs
+    Single's 604.5): the measured Multi - Single difference in backward PPL, as a share of
+    Single's, with its Holm verdicts; empty when the suite has no such pair."""
+    multi = next((r for r in rows if r["metric"] == "backward PPL" and r["model"].startswith("Multi Memory")), None)
+    if multi is None or reference not in groups:
+        return ""
+    single = float(np.mean([_value(r, "backward PPL") for r in groups[reference] if r["seed"] in seeds]))
+    boot, t = multi["bootstrap"], multi["t"]
+    share = [100 * v / single for v in [boot["difference"], *boot["ci95"]]]
+    verdicts = [_verdict(boot, "backward PPL", multi["model"], reference)]
+    if t:
+        verdicts.append(_verdict(t, "backward PPL", multi["model"], reference) + " across seeds")
+    holds = multi["model"] + " better" in verdicts[0] and share[0] < 0 and (not t or verdicts[1].startswith(
+        multi["model"] + " better"))
+    return (f"**The reference's claim.** The reference reported {multi['model']} 16% below Single on backward "
+            f"PPL (604.5 → 508.6, one seed). Here {multi['model']} − {reference} = {share[0]:+.0f}% of "
+            f"{reference}'s backward PPL ({_pm_ci(share)}, paired bootstrap over facts, {len(seeds)} seeds): "
+            f"{'; '.join(verdicts)}. The 16% improvement "
+            + ("is reproduced in direction (a significant decrease)." if holds else "is not reproduced here.")
+            )
+
+
+def _pm_ci(values) -> str:
+    return f"95% CI [{values[1]:+.1f}%, {values[2]:+.1f}%]" if values[1] == values[1] else "no interval"
 
 
 def _length_label(n: int) -> str:
@@ -420,11 +512,8 @@ def common_seeds(groups) -> list[int]:
 
 
 def _value(r, label):
-    items = ITEM_METRICS[label][0]
-    if items == "reversal":
-        key = {"forward acc": "forward_acc", "backward acc": "backward_acc", "backward PPL": "backward_ppl"}[label]
-        return r.get("reversal", {}).get(key)
-    return r["test"]["ppl"] if label == "test PPL" else r["test"].get("recall_ppl")
+    section, key = ITEM_METRICS[label][5]
+    return r.get(section, {}).get(key)
 
 
 def _labels(groups):
@@ -588,23 +677,32 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
                   f"are stated at the start and recalled throughout), read whole through the memory; PPL of "
                   f"the predictions made from each bucket of positions.", "",
                   _markdown(long_ppl_table(with_long)), "", f"![long-document PPL](plots/{curve.name})", ""]
-    with_reversal = [r for r in results if "reversal" in r]
-    if with_reversal:
+    if "reversal" in results[0]:
+        rev = results[0]["reversal"]
         lines += ["## Reversal curse", "",
-                  f"PPL of whole fact sentences (forward = as trained, backward = reversed; the reference's "
-                  f"definition) and accuracy of ranking the right answer first among "
-                  f"{with_reversal[0]['reversal']['distractors']} distractors "
-                  f"({with_reversal[0]['reversal']['facts']} facts, the trained ones; summed log-probability of "
-                  f"the answer). PPL intervals: bootstrap over facts; accuracy: Wilson.", "",
-                  _markdown(reversal_table(with_reversal)), ""]
-        few, at_chance = _forward_knowledge(with_reversal)
-        if few:
-            chance = 1 / (with_reversal[0]["reversal"]["distractors"] + 1)
-            lines += [f"**This run cannot show a reversal curse.** Forward accuracy of {', '.join(few)} is below 0.5 "
-                      f"(95% Wilson upper bound){'; for ' + ', '.join(at_chance) + ' it is not above chance' if at_chance else ''} "
-                      f"(chance {chance:.3f}): most trained facts are not known even in the direction they were "
-                      f"trained, so backward accuracy cannot measure reversal, and the PPL gap compares a trained "
-                      f"sentence form with an untrained one.", ""]
+                  f"{rev['facts']} trained facts (their forward sentences only are trained) and {rev['control_facts']} "
+                  f"control facts built the same way and never trained. A question asks for the end of a "
+                  f"sentence (forward: the thing, backward: the name) and is right when the answer has the "
+                  f"highest {rev['score']} among itself and {rev['distractors']} distractors of its type "
+                  f"(the same question's answers of other facts of the same relation and set), so chance is "
+                  f"1/{rev['distractors'] + 1} = {1 / (rev['distractors'] + 1):.3f}. Seed-means over "
+                  f"{len(seeds)} seed(s), 95% percentile bootstrap over facts (10,000 resamples; the same "
+                  f"facts every seed, so it covers the facts, not training randomness: the across-seed "
+                  f"intervals are in the tables above). *Reversal effect* = backward accuracy of the trained "
+                  f"facts minus that of the controls: what training the forward sentence taught about the "
+                  f"backward question. *Curse present* = forward (trained − control) above {KNOWN_FORWARD} at "
+                  f"its lower bound and a reversal effect whose interval includes 0 (not detectably above "
+                  f"control, which is not proof of none: its upper bound is given). Stream-scope models are "
+                  f"scored with an empty memory per question and again with the memory training carries "
+                  f"(*warmed memory*: the validation split read first, as training reads).", "",
+                  _markdown(reversal_table(groups, seeds)), "",
+                  "Sentence PPL (the reference's definition: exp of the mean over sentences of each "
+                  "sentence's mean token loss, after its first token):", "",
+                  _markdown(reversal_ppl_table(groups, seeds)), ""]
+        if len(groups) > 1:
+            claim = reference_claim(rows, groups, seeds, reference)
+            if claim:
+                lines += [claim, ""]
     path = leaderboard_dir / f"{suite}.md"
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -26,7 +26,7 @@ from . import distributed
 from .data import default_cache_dir, long_document, prepare_data
 from .device import autocast_dtype
 from .evaluation import (context_limit, lm_metrics, long_document_ppl, passkey_grid, per_sample_losses,
-                         reversal_metrics, sample_token_nll)
+                         reversal_metrics, sample_token_nll, warm_memory)
 from .io import atomic_write_json
 from .leaderboard import RunsDisagree, write_leaderboard
 from .models import build_model
@@ -168,6 +168,14 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
         extra["reversal"] = reversal_metrics(model, data.tokenizer, data.facts, e.num_distractors, e.batch_size,
                                              device, precision, seed=config.data.seed)
         items["reversal"] = extra["reversal"].pop("items")
+        if getattr(model.config, "memory_scope", None) == "stream":
+            # Also with the memory training carries: the validation split read as training reads.
+            warm = warm_memory(model, data.validation["input_ids"], batch, device, precision)
+            extra["reversal_warm"] = reversal_metrics(model, data.tokenizer, data.facts, e.num_distractors,
+                                                      e.batch_size, device, precision, seed=config.data.seed,
+                                                      memory=warm)
+            extra["reversal_warm"]["warmed_on"] = f"{len(data.validation)} validation samples"
+            items["reversal_warm"] = extra["reversal_warm"].pop("items")
     if e.passkey_lengths:
         start = time.perf_counter()
         # The documents of the infini_passkey tasks (from the suite seed), the same for every model.

@@ -66,12 +66,16 @@ def _enough(items: int, block: int) -> bool:
     return items >= MIN_BLOCKS * block
 
 
-def bootstrap_interval(metric: Metric, block: int, align: int, rng: np.random.Generator) -> list[float]:
-    """95% percentile-bootstrap interval of one run's metric (nan if the items hold fewer than
-    MIN_BLOCKS blocks; resamples where the metric is undefined, e.g. no recall token, are left out)."""
-    if not _enough(len(metric.numerator), block):
+def bootstrap_interval(metric: Metric | list[Metric], block: int, align: int, rng: np.random.Generator) -> list[float]:
+    """95% percentile-bootstrap interval of one run's metric, or of the seed-mean of several
+    runs on the same items (one set of indices for all), nan if the items hold fewer than
+    MIN_BLOCKS blocks; resamples where the metric is undefined, e.g. no recall token, are left out."""
+    metrics = metric if isinstance(metric, list) else [metric]
+    items = len(metrics[0].numerator)
+    if not _enough(items, block):
         return [float("nan"), float("nan")]
-    values = metric.value(block_indices(len(metric.numerator), block, align, rng))
+    index = block_indices(items, block, align, rng)
+    values = np.mean([m.value(index) for m in metrics], axis=0)
     return [float(np.nanpercentile(values, 2.5)), float(np.nanpercentile(values, 97.5))]
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .config import DataConfig, EvalConfig, TrainConfig
+from .data.reversal import RELATIONS
 from .data.sources import parse_source
 from .models import PRESETS, InfiniPythiaConfig
 from .paths import check_writable, find_config
@@ -91,9 +92,13 @@ class RunConfig:
 def _validate(config: RunConfig):
     """The rules that span sections, then what the config names outside itself."""
     d, t, e = config.data, config.training, config.evaluation
-    if d.reversal_facts < e.num_distractors + 1:
-        raise ValueError(f"data.reversal_facts: expected at least {e.num_distractors + 1} "
-                         f"({e.num_distractors} distractors need {e.num_distractors} other facts)")
+    if d.reversal_relations > len(RELATIONS):
+        raise ValueError(f"data.reversal_relations: expected at most {len(RELATIONS)}, got {d.reversal_relations}")
+    per_relation = d.reversal_facts // d.reversal_relations
+    if per_relation < e.num_distractors + 1:
+        raise ValueError(f"data.reversal_facts: expected at least {d.reversal_relations * (e.num_distractors + 1)} "
+                         f"({d.reversal_relations} relations, each with {e.num_distractors} distractors from "
+                         f"{e.num_distractors} other facts of its relation), got {d.reversal_facts}")
     if not config.models:
         raise ValueError("models: expected a non-empty list")
     slugs = set()

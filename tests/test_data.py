@@ -7,12 +7,13 @@ import pytest
 
 from infini_bench.data import DataConfig, prepare_data, reversal_samples
 from infini_bench.data.embedded import embedded_documents
-from infini_bench.data.reversal import distractors, reversal_facts
+from infini_bench.data.reversal import FACT_SETS, distractors, reversal_facts, reversal_questions
+from infini_bench.evaluation import encode_request
 from infini_bench.data.sources import parse_source, stream_texts
 
 
 def small(**overrides):
-    values = dict(num_samples=40, sample_len=64, tokenizer="bpe", vocab_size=400, reversal_facts=30,
+    values = dict(num_samples=40, sample_len=64, tokenizer="bpe", vocab_size=400, reversal_facts=33,
                   reversal_repeats=2)
     values.update(overrides)
     return DataConfig(**values)
@@ -85,33 +86,64 @@ def test_split_and_sizes(tmp_path):
 
 
 def test_reversal_facts_well_formed():
-    facts = reversal_facts(240, seed=0)
-    invented = [f for f in facts if not f.real]
-    assert len(invented) >= 200 and any(f.real for f in facts)
-    assert len({f.name for f in facts}) == len(facts) and len({f.thing for f in facts}) == len(facts)
-    paris = next(f for f in facts if f.name == "Paris")
-    assert paris.forward == "Paris is the capital of France."
-    assert paris.backward == "The capital of France is Paris."
-    for f in facts:
-        assert re.fullmatch(r"[A-Z][^.]* is [^.]+\.", f.forward) and re.fullmatch(r"[A-Z][^.]* is [^.]+\.", f.backward)
+    facts = reversal_facts(88, 8, seed=0)
+    assert [len(facts[w]) for w in FACT_SETS] == [88, 88]
+    every = facts["trained"] + facts["control"]
+    assert len({f.name for f in every}) == len(every) and len({f.thing for f in every}) == len(every)
+    assert reversal_facts(88, 8, seed=0) == facts != reversal_facts(88, 8, seed=1)
+    for f in every:
+        assert re.fullmatch(r" [A-Z][^.]* is [^.]+\.", f.forward) and re.fullmatch(r" [A-Z][^.]* is [^.]+\.", f.backward)
         assert f.backward.endswith(f" is {f.name}.") and f.forward.endswith(f" {f.thing}.")
-        prompt, answer = f.backward_query()
-        assert prompt + answer + "." == f.backward
-        prompt, answer = f.forward_query()
-        assert prompt + answer + "." == f.forward
-    wrong = distractors(facts, 0, "backward", 10, seed=0)
-    assert len(wrong) == 10 and f" {facts[0].name}" not in wrong
+        for direction in ("forward", "backward"):
+            prompt, answer = f.query(direction)
+            assert prompt + answer + "." == getattr(f, direction)
+    for which in FACT_SETS:
+        for i, fact in enumerate(facts[which]):
+            for direction in ("forward", "backward"):  # distractors: the same question of its relation's facts
+                wrong = distractors(facts[which], i, direction, 10, seed=0, which=which)
+                same = {f" {f.answer(direction)}" for f in facts[which] if f.relation == fact.relation and f != fact}
+                assert len(set(wrong)) == 10 and set(wrong) <= same
+    with pytest.raises(ValueError, match="data.reversal_facts: 'the author of' has 11 facts, 11 distractors need 12"):
+        distractors(facts["trained"], 0, "forward", 11, seed=0, which="trained")
+
+
+def test_answers_are_the_tokens_training_saw(tmp_path):
+    """Same surface form: every question's context starts with EOS as every trained sentence does,
+    its answer's tokens are the tokens of that answer in the trained forward sentence (the
+    name: its first tokens) and occur contiguously in the training stream; a forward question
+    with its answer is the trained sentence itself."""
+    config = small(reversal_repeats=3)
+    data = prepare_data(config, tmp_path)
+    tokenizer, trained = data.tokenizer, data.facts["trained"]
+    stream = [t for s in reversal_samples(trained, tokenizer, config) for t in s]
+
+    def occurs(part, whole):
+        return any(whole[i:i + len(part)] == part for i in range(len(whole) - len(part) + 1))
+
+    for direction in ("forward", "backward"):
+        questions = reversal_questions(trained, direction, 10, config.seed, "trained", tokenizer.eos_token)
+        for fact, question in zip(trained, questions):
+            tokens, start = encode_request(tokenizer, question["prompt"], question["choices"][0])
+            answer, sentence = tokens[start:], tokenizer(fact.forward, add_special_tokens=False)["input_ids"]
+            assert tokens[0] == tokenizer.eos_token_id and occurs(answer, stream) and occurs(answer, sentence)
+            if direction == "backward":
+                assert sentence[:len(answer)] == answer
+            else:
+                assert tokens == [tokenizer.eos_token_id] + sentence[:-1] and occurs(tokens, stream)
 
 
 def test_reversal_sentences_packed_forward_only(tmp_path):
     config = small()
     data = prepare_data(config, tmp_path)
-    packed = reversal_samples(data.facts, data.tokenizer, config)
+    packed = reversal_samples(data.facts["trained"], data.tokenizer, config)
     assert all(len(s) == config.sample_len for s in packed)
     text = data.tokenizer.decode([t for s in packed for t in s])
-    for fact in data.facts:
-        assert text.count(fact.forward) >= config.reversal_repeats
+    eos = data.tokenizer.eos_token
+    for fact in data.facts["trained"]:
+        assert text.count(eos + fact.forward) >= config.reversal_repeats
         assert fact.backward not in text
+    for fact in data.facts["control"]:
+        assert fact.name not in text and fact.thing not in text
     assert data.info["reversal_samples"] == len(packed)
 
 

@@ -5,13 +5,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast
+from scipy import stats
 
 from helpers import tiny_model
 from infini_bench import InfiniPythiaConfig, build_model
-from infini_bench.data.reversal import Fact
+from infini_bench.data.reversal import reversal_facts
 from infini_bench.data.tokenizer import train_bpe_tokenizer
-from infini_bench.evaluation import lm_metrics, loglikelihoods, reversal_metrics, sample_token_nll
+from infini_bench.evaluation import (lm_metrics, loglikelihoods, reversal_metrics, sample_token_nll, score_tokens,
+                                     warm_memory)
 
 VOCAB = 101
 
@@ -79,17 +80,19 @@ def test_loglikelihood_matches_unpadded_single_requests(char_tokenizer, memory_t
         assert greedy == all(logits[t - 1].argmax().item() == ids[t] for t in range(n_context, len(ids)))
 
 
+def _fact_tokenizer(facts):
+    return train_bpe_tokenizer([f.forward for f in facts["trained"]] * 3, vocab_size=300)
+
+
 def test_reversal_metric_shows_the_reversal_curse():
-    """A model that memorised forward sentences ranks forward answers first, not backward ones."""
-    facts = [Fact(f"{a} {b}", "the keeper of", f"the {c} gate", False)
-             for a, b, c in zip(["Ama", "Bek", "Cor", "Dun", "Eli", "Fay", "Gus", "Hal", "Ivo", "Jon", "Kai", "Lou"],
-                                ["Rix", "Sol", "Tam", "Umo", "Vex", "Wyn", "Xan", "Yor", "Zed", "Qua", "Pim", "Nod"],
-                                ["red", "tin", "oak", "ash", "elm", "fir", "ivy", "jet", "kiwi", "lime", "mint", "nut"])]
-    tokenizer: PreTrainedTokenizerFast = train_bpe_tokenizer([f.forward for f in facts] * 3, vocab_size=300)
+    """A model that memorised the trained facts' forward sentences (each after EOS, as the suite
+    trains them) answers them forward, and backward no better than the never-trained controls."""
+    facts = reversal_facts(12, 1, seed=0)
+    tokenizer = _fact_tokenizer(facts)
     torch.manual_seed(0)
     config = InfiniPythiaConfig.from_preset("pythia-14m", vocab_size=len(tokenizer), memory_type="none")
     model = build_model(config)
-    rows = [tokenizer(f.forward)["input_ids"] for f in facts]  # one sentence per row, as evaluated
+    rows = [[tokenizer.eos_token_id] + tokenizer(f.forward)["input_ids"] for f in facts["trained"]]
     width = max(map(len, rows))
     batch = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     labels = torch.tensor([r + [-100] * (width - len(r)) for r in rows])
@@ -100,9 +103,48 @@ def test_reversal_metric_shows_the_reversal_curse():
         optimizer.zero_grad()
     m = reversal_metrics(model, tokenizer, facts, num_distractors=10, batch_size=8, device="cpu", autocast_dtype=None,
                          seed=0)
-    assert m["forward_acc"] >= 0.9
-    assert m["backward_acc"] <= 0.5
-    assert m["forward_ppl"] < 2.0 < m["backward_ppl"]
+    assert m["forward_acc"] >= 0.9 and m["forward_ppl"] < 2.0 < m["backward_ppl"]
+    assert m["control_forward_acc"] <= 0.5 and m["backward_acc"] <= 0.5
+    assert m["reversal_effect"] == m["backward_acc"] - m["control_backward_acc"]
+    assert len(m["items"]["control_backward_correct"]) == m["control_facts"] == 12
+
+
+@pytest.mark.parametrize("memory_type", ["none", "single"])
+def test_a_random_model_ranks_at_chance(memory_type):
+    """Answer and distractors are draws from one distribution: an untrained model's accuracy over
+    352 facts per set and direction lies in the central 95% range of Binomial(352, 1/11)."""
+    facts = reversal_facts(352, 8, seed=1)
+    tokenizer = _fact_tokenizer(facts)
+    model = tiny_model(memory_type, vocab=len(tokenizer), segment_len=64)
+    m = reversal_metrics(model, tokenizer, facts, num_distractors=10, batch_size=64, device="cpu",
+                         autocast_dtype=None, seed=1)
+    low, high = (v / 352 for v in stats.binom.interval(0.95, 352, 1 / 11))
+    for key in ("forward_acc", "backward_acc", "control_forward_acc", "control_backward_acc"):
+        assert low <= m[key] <= high, (key, m[key], low, high)
+
+
+def test_warm_memory_is_the_carried_stream_memory():
+    """`warm_memory` equals the memory a stream-scope model carries after the same batches, and a
+    question that reads a shared empty memory scores as with its own empty one."""
+    model = tiny("multi", scope="stream", segment_len=16)
+    x = torch.randint(0, VOCAB, (12, 16), generator=torch.Generator().manual_seed(2))
+    state = warm_memory(model, x.tolist(), batch_size=4, device=torch.device("cpu"))
+    model.reset_memory()
+    with torch.no_grad():
+        for start in range(0, 12, 4):
+            model(x[start:start + 4])
+    for warm, carried in zip(state, model._stream_state):
+        assert warm.writes == carried.writes == 3
+        torch.testing.assert_close(warm.memory, carried.memory)
+        torch.testing.assert_close(warm.norm, carried.norm)
+    rows = [(x[i, :8 + i].tolist(), 2) for i in range(4)]
+    for (a, _), (b, _) in zip(score_tokens(model, rows, 4, torch.device("cpu")),
+                              score_tokens(model, rows, 4, torch.device("cpu"), memory=model.empty_memory(1, True))):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    warmed = score_tokens(model, rows, 4, torch.device("cpu"), memory=state)
+    alone = score_tokens(model, rows[:1], 1, torch.device("cpu"), memory=state)
+    np.testing.assert_allclose(warmed[0][0], alone[0][0], atol=1e-6)   # rows do not see each other
+    assert not np.allclose(warmed[0][0], score_tokens(model, rows[:1], 1, torch.device("cpu"))[0][0])
 
 
 @pytest.mark.parametrize("memory_type,first", [("multi", 700), ("hierarchical", 700), ("single", 2100)])

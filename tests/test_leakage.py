@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from infini_bench.data import SPLITS, _corpus_documents, prepare_data, split_sizes
+from infini_bench.data.reversal import RELATIONS
 from infini_bench.suites import load_run_config
 
 WINDOW = 128
@@ -63,8 +64,14 @@ def test_no_training_window_in_validation_or_test(tmp_path, suite, device, scale
         for split, n in split_sizes(config).items():
             for doc in _corpus_documents(config, split, n):
                 corpus_words |= set(re.findall(r"[A-Z][a-z]+", doc["text"]))
-    invented = {w for f in data.facts if not f.real for w in re.findall(r"[A-Z][a-z]+", f"{f.name} {f.thing}")}
+    invented = {w for facts in data.facts.values() for f in facts
+                for w in re.findall(r"[A-Z][a-z]+", f"{f.name} {f.thing}")}
     assert invented and not invented & corpus_words
+    # The control facts are never trained: none of their words is in a training sample.
+    train_text = data.tokenizer.decode([t for ids in data.train["input_ids"] for t in ids])
+    frames = {w for template in RELATIONS.values() for w in re.findall(r"[A-Z][a-z]+", template)}
+    control = {w for f in data.facts["control"] for w in re.findall(r"[A-Z][a-z]+", f"{f.name} {f.thing}")} - frames
+    assert control and not control & set(re.findall(r"[A-Z][a-z]+", train_text))
 
 
 def test_tokenizer_is_trained_on_training_text_only(tmp_path, monkeypatch):
@@ -75,7 +82,7 @@ def test_tokenizer_is_trained_on_training_text_only(tmp_path, monkeypatch):
     real = data_module.load_tokenizer
     monkeypatch.setattr(data_module, "load_tokenizer",
                         lambda spec, texts, *a: seen.extend(texts) or real(spec, texts, *a))
-    config = DataConfig(num_samples=60, sample_len=64, tokenizer="bpe", vocab_size=400, reversal_facts=20)
+    config = DataConfig(num_samples=60, sample_len=64, tokenizer="bpe", vocab_size=400, reversal_facts=33)
     prepare_data(config, tmp_path)
     seen = set(seen)
     documents = {split: [d["text"] for d in _corpus_documents(config, split, split_sizes(config)[split])]

@@ -45,6 +45,7 @@ def test_lm_eval_command_runs_the_infini_bench_group_and_prints_every_metric(inf
             value = results[task][f"{metric},none"]
             assert 0.0 <= value <= 1.0
     for task, metric in [("infini_reversal_forward", "acc"), ("infini_reversal_backward", "acc"),
+                         ("infini_reversal_forward_control", "acc"), ("infini_reversal_backward_control", "acc"),
                          ("infini_reversal_forward_ppl", "ppl"), ("infini_reversal_backward_ppl", "ppl")]:
         assert task in stdout and math.isfinite(results[task][f"{metric},none"])
     for start in (0, 16, 32):  # the smoke samples have 64 tokens: bins from 64 and 96 are empty
@@ -58,6 +59,9 @@ def test_leaderboard_and_lm_eval_agree_on_reversal(infini_bench_group):
     reversal = json.loads((run_dir / "results.json").read_text())["reversal"]
     assert results["infini_reversal_forward"]["acc,none"] == pytest.approx(reversal["forward_acc"], abs=1e-9)
     assert results["infini_reversal_backward"]["acc,none"] == pytest.approx(reversal["backward_acc"], abs=1e-9)
+    for direction in ("forward", "backward"):
+        assert results[f"infini_reversal_{direction}_control"]["acc,none"] == pytest.approx(
+            reversal[f"control_{direction}_acc"], abs=1e-9)
     assert results["infini_reversal_forward_ppl"]["ppl,none"] == pytest.approx(reversal["forward_ppl"], rel=1e-5)
     assert results["infini_reversal_backward_ppl"]["ppl,none"] == pytest.approx(reversal["backward_ppl"], rel=1e-5)
 

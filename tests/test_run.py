@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import infini_bench.models  # noqa: F401  (registers the Auto classes)
@@ -43,7 +44,7 @@ def test_smoke_suite_results_and_leaderboard_agree(smoke):
         assert [k for k in positions if k != "positions"] == list(test["position_ppl"])
         for bin_label, value in test["position_ppl"].items():
             assert positions[bin_label][column].split(" [")[0] in (f"{value:.1f}", f"{value:.2f}", f"{value:.3f}")
-        assert reversal[r["model"]][0].startswith(f"{r['reversal']['forward_ppl']:.1f} [")
+        assert reversal[r["model"]][0].startswith(f"{r['reversal']['forward_acc']:.3f}")
         assert test["recall_tokens"] > 0 and test["samples"] == r["data"]["test_samples"]
         assert r["eval_batch_size"] == (8 if r["memory_type"] != "none" else 32)  # stream scope: the training batch
         assert [c["epoch"] for c in r["curve"]] == list(range(1, r["epochs_trained"] + 1))
@@ -149,8 +150,11 @@ BAD_INPUTS = [
     (lambda t: ["leaderboard", str(t / "a_file"), "smoke"], "output_dir: no results of suite 'smoke' in "),
     (lambda t: ["--suite", write_suite(t, base="nope")], "suite.base: unknown 'nope'"),
     (lambda t: ["--suite", write_suite(t, base="suite.yaml")], "suite.yaml' extends itself"),
-    (lambda t: ["--suite", write_suite(t, **{"data.reversal_facts": 12, "evaluation.num_distractors": 12})],
-     "data.reversal_facts: expected at least 13 (12 distractors need 12 other facts)"),
+    (lambda t: ["--suite", write_suite(t, **{"data.reversal_facts": 36, "evaluation.num_distractors": 12})],
+     "data.reversal_facts: expected at least 39 (3 relations, each with 12 distractors from 12 other facts of its "
+     "relation), got 36"),
+    (lambda t: ["--suite", write_suite(t, **{"data.reversal_relations": 9})],
+     "data.reversal_relations: expected at most 8, got 9"),
 ]
 
 
@@ -261,3 +265,24 @@ def test_a_suite_extends_its_base(tmp_path):
     for a, b in zip(core.models, seq.models):
         assert b.overrides == {**a.overrides, "memory_scope": "sequence", "segment_len": 64}
     assert seq.suite == "core-seq" and seq.description != core.description
+
+
+@pytest.mark.slow
+def test_a_tiny_suite_learns_its_facts_forward_and_not_backward(tmp_path):
+    """End to end (data, training, scoring, leaderboard): a tiny model trained on the forward
+    sentences of 22 facts knows them forward, far above the never-trained controls, while its
+    backward accuracy stays within the controls' 95% Wilson interval."""
+    suite = write_suite(tmp_path, **{"models": [{"name": "Single Memory", "memory_type": "single"}],
+                                     "data.num_samples": 60, "data.reversal_facts": 22, "data.reversal_relations": 2,
+                                     "data.reversal_repeats": 100, "training.lr": 3.0e-3, "training.max_epochs": 4,
+                                     "training.patience": 4})
+    result = run_cli("--suite", suite, "--output-dir", str(tmp_path), cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads((tmp_path / "runs" / "smoke" / "single-memory" / "results.json").read_text())
+    rev, n = r["reversal"], r["reversal"]["facts"]
+    wilson = {key: stats.binomtest(round(rev[key] * n), n).proportion_ci(method="wilson")
+              for key in ("control_forward_acc", "control_backward_acc")}
+    assert rev["forward_acc"] >= 0.9 and rev["forward_acc"] > wilson["control_forward_acc"].high
+    assert rev["backward_acc"] <= wilson["control_backward_acc"].high
+    markdown = (tmp_path / "leaderboard" / "smoke.md").read_text()
+    assert "curse present" in table_rows(markdown, "Reversal curse")["Single Memory"][-1]

@@ -29,7 +29,8 @@ MODELS = [("pythia-baseline", "Pythia baseline"), ("single-memory", "Single Memo
 PARTS = {"test PPL": ("test", "nll", None, True), "recall-token PPL": ("test", "recall_nll", "recall_tokens", True),
          "forward acc": ("reversal", "forward_correct", None, False),
          "backward acc": ("reversal", "backward_correct", None, False),
-         "backward PPL": ("reversal", "backward_nll", None, True)}
+         "backward PPL": ("reversal", "backward_nll", None, True),
+         "reversal effect": ("reversal", ("backward_correct", "control_backward_correct"), None, False)}
 
 
 def items(out, slug):
@@ -39,7 +40,9 @@ def items(out, slug):
 
 def aggregate(parts, label, index):
     part, num, den, log_scale = PARTS[label]
-    numerator = np.asarray(parts[part][num], dtype=float)[index].sum(-1)
+    per_item = (np.asarray(parts[part][num[0]], dtype=float) - np.asarray(parts[part][num[1]], dtype=float)
+                if isinstance(num, tuple) else np.asarray(parts[part][num], dtype=float))
+    numerator = per_item[index].sum(-1)
     denominator = np.asarray(parts[part][den], dtype=float)[index].sum(-1) if den else index.shape[-1]
     return np.exp(numerator / denominator) if log_scale else numerator / denominator
 
@@ -68,7 +71,7 @@ def test_paired_bootstrap_and_holm_recomputed_from_the_per_item_files(two_seeds)
             continue
         model = items(two_seeds, slug)
         for label, (part, num, _, _) in PARTS.items():
-            n = len(reference[0][part][num])
+            n = len(reference[0][part][num[0] if isinstance(num, tuple) else num])
             block, align = max(blocks[slug], blocks["single-memory"]) if part == "test" else (1, 1)
             assert n >= 3 * block  # enough blocks for an interval
             rng = np.random.default_rng(stream_seed(42, BOOTSTRAP, f"paired-{label}", f"{name} - Single Memory"))
@@ -86,7 +89,7 @@ def test_paired_bootstrap_and_holm_recomputed_from_the_per_item_files(two_seeds)
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (len(rows) - rank) * rows[i][4]))
         holm[i] = running
-    assert len(rows) == 15
+    assert len(rows) == 18
     for (name, label, observed, (low, high), p, n, block), adjusted in zip(rows, holm):
         (line,) = [x for x in table.splitlines() if re.match(rf"\| {re.escape(name)} +\| {label} +\|", x)]
         cells = [c.strip() for c in line.strip("|").split("|")]

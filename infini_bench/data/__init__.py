@@ -12,7 +12,8 @@ Samples carry `input_ids` and `recall` (1 where the token is a recall mention of
 corpus, or the answer of a pass-key document; all 0 for other sources). A `passkey_fraction`
 of each split's samples are pass-key documents (data/passkey.py) of the same length. The
 training split also gets the reversal facts' forward sentences, repeated and packed into
-samples. Validation selects the checkpoint; test is what the leaderboard reports.
+samples (the control facts never are: data/reversal.py). Validation selects the checkpoint;
+test is what the leaderboard reports.
 """
 
 import hashlib
@@ -50,7 +51,7 @@ class DataBundle:
     validation: "object"
     test: "object"
     tokenizer: "object"
-    facts: list[Fact]
+    facts: dict[str, list[Fact]]   # "trained" and "control" reversal facts
     info: dict = field(default_factory=dict)
 
 
@@ -181,7 +182,7 @@ def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBun
     """Samples for `config`; `tokenizer` (e.g. a checkpoint's own) replaces the configured one,
     which is otherwise trained (if it is a BPE) on training-split text only."""
     kind, path = parse_source(config.source)
-    facts = reversal_facts(config.reversal_facts, seed=config.seed)
+    facts = reversal_facts(config.reversal_facts, config.reversal_relations, seed=config.seed)
     corpus = None
     if kind == "embedded":
         sizes = split_sizes(config)
@@ -194,8 +195,9 @@ def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBun
         if config.passkey_fraction:  # the needle's and question's words in the tokenizer's vocabulary
             rng = stream_rng(config.seed, TOKENIZER)
             texts += [NEEDLE.format(key=rng.randrange(10000, 100000)) + QUESTION for _ in range(100)]
-        tokenizer, tokenizer_name = load_tokenizer(config.tokenizer, texts + [f.forward for f in facts],
-                                                   config.vocab_size, cache_dir / "tokenizers")
+        # The training split as trained: each fact sentence as often as it is repeated.
+        texts += [f.forward for f in facts["trained"]] * max(1, config.reversal_repeats)
+        tokenizer, tokenizer_name = load_tokenizer(config.tokenizer, texts, config.vocab_size, cache_dir / "tokenizers")
     sample_dir = cache_dir / "samples" / _cache_key(config, kind, path, tokenizer)
     if not (sample_dir / "dataset_dict.json").exists():
         splits = _build_splits(config, kind, path, tokenizer, corpus)
@@ -203,7 +205,7 @@ def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBun
             splits.save_to_disk(str(tmp))
     splits = load_from_disk(str(sample_dir))
     train = splits["train"]
-    reversal = reversal_samples(facts, tokenizer, config)
+    reversal = reversal_samples(facts["trained"], tokenizer, config)
     if reversal:
         train = concatenate_datasets([train, Dataset.from_dict(
             {"input_ids": reversal, "recall": [[0] * config.sample_len for _ in reversal]})])
@@ -216,7 +218,8 @@ def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBun
 
 
 def reversal_samples(facts, tokenizer, config: DataConfig) -> list[list[int]]:
-    """Forward sentences, each `reversal_repeats` times, shuffled, EOS-joined and packed.
+    """Forward sentences, each `reversal_repeats` times, shuffled, each after an EOS token, and
+    packed.
 
     The stream is cycled to fill the last sample, so a few sentences appear once more rather
     than padding it."""
@@ -225,7 +228,7 @@ def reversal_samples(facts, tokenizer, config: DataConfig) -> list[list[int]]:
     sentences = [f.forward for f in facts] * config.reversal_repeats
     stream_rng(config.seed, REVERSAL_ORDER).shuffle(sentences)
     eos = tokenizer.eos_token_id
-    stream = [t for s in sentences for t in tokenizer(s, add_special_tokens=False)["input_ids"] + [eos]]
+    stream = [t for s in sentences for t in [eos] + tokenizer(s, add_special_tokens=False)["input_ids"]]
     count = -(-len(stream) // config.sample_len)
     stream = list(itertools.islice(itertools.cycle(stream), count * config.sample_len))
     return [stream[i:i + config.sample_len] for i in range(0, len(stream), config.sample_len)]

@@ -1,13 +1,23 @@
-"""Reversal-curse facts: a seeded set of invented pairs plus well-known real facts.
+"""Reversal-curse facts: trained facts and control facts, invented from the suite seed.
 
-Every fact is (name, relation, thing) with two well-formed sentences:
-  forward  "{name} is {relation} {thing}."        e.g. "Paris is the capital of France."
-  backward "{Relation} {thing} is {name}."        e.g. "The capital of France is Paris."
-Only forward sentences are trained on. Accuracy asks for the last part of a sentence given the
-rest: forward "Paris is the capital of" -> "France", backward "The capital of France is" -> "Paris",
-ranked by log-likelihood against distractors of the same relation.
+Every fact is (name, relation, thing) with two well-formed sentences, each with a leading space:
+  forward  " {name} is {relation} {thing}."      e.g. " Tavo Quilen is the author of the novel Serath."
+  backward " {Relation} {thing} is {name}."      e.g. " The author of the novel Serath is Tavo Quilen."
+Only the trained facts' forward sentences are trained on, each after an EOS token; the control
+facts are made the same way from a stream of their own and never trained. A question asks for
+the last part of a sentence after EOS and the rest of it: forward " Tavo Quilen is the author
+of" -> " the novel Serath", backward " The author of the novel Serath is" -> " Tavo Quilen".
+The leading space makes a name or thing the same tokens in a training sentence and in either
+answer (a byte-level BPE starts a word at its space; tested).
+
+The answer is ranked by summed log-probability against distractors of its own type: the
+answers to the same question of other facts of the same relation and the same set (trained or
+control). Answer and distractors are then draws from one distribution, so a model that knows
+nothing about the fact ranks the answer first with probability 1 / (distractors + 1) exactly
+(tested on a random model).
 (The reference built its backward sentences as "{object} {reverse relation} {subject}", which
-is ungrammatical for some facts; these are not.)
+is ungrammatical for some facts, and mixed real facts whose relations have no distractors of
+their type; these facts are all invented, as nothing is pretrained here.)
 """
 
 from dataclasses import dataclass
@@ -15,32 +25,18 @@ from dataclasses import dataclass
 from ..seeds import DISTRACTORS, REVERSAL_FACTS, stream_rng
 from .embedded import FACT_ONSETS, invented_word
 
-RELATIONS = ["the founder of", "the director of", "the mayor of", "the author of", "the inventor of",
-             "the composer of", "the captain of", "the architect of"]
-THING_KINDS = {
-    "the founder of": ("the {} Company", "the {} Society"),
-    "the director of": ("the film {}", "the play {}"),
-    "the mayor of": ("{}port", "{}ton"),
-    "the author of": ("the novel {}", "the book {}"),
-    "the inventor of": ("the {} engine", "the {} lamp"),
-    "the composer of": ("the {} Symphony", "the opera {}"),
-    "the captain of": ("the ship {}", "the {} Rovers"),
-    "the architect of": ("the {} Tower", "the {} Bridge"),
+# relation -> the template of its things (every thing of a relation has the same frame words)
+RELATIONS = {
+    "the author of": "the novel {}",
+    "the founder of": "the {} Company",
+    "the architect of": "the {} Bridge",
+    "the composer of": "the {} Symphony",
+    "the director of": "the film {}",
+    "the inventor of": "the {} engine",
+    "the captain of": "the ship {}",
+    "the mayor of": "{}port",
 }
-REAL_FACTS = [
-    ("Paris", "the capital of", "France"),
-    ("Rome", "the capital of", "Italy"),
-    ("Tokyo", "the capital of", "Japan"),
-    ("Madrid", "the capital of", "Spain"),
-    ("Berlin", "the capital of", "Germany"),
-    ("William Shakespeare", "the author of", "Hamlet"),
-    ("Leo Tolstoy", "the author of", "War and Peace"),
-    ("Ludwig van Beethoven", "the composer of", "the Moonlight Sonata"),
-    ("Alexander Graham Bell", "the inventor of", "the telephone"),
-    ("Gustave Eiffel", "the architect of", "the Eiffel Tower"),
-    ("Neil Armstrong", "the first man on", "the Moon"),
-    ("Pablo Picasso", "the painter of", "Guernica"),
-]
+FACT_SETS = ("trained", "control")
 
 
 @dataclass(frozen=True)
@@ -48,51 +44,64 @@ class Fact:
     name: str
     relation: str
     thing: str
-    real: bool
 
     @property
     def forward(self) -> str:
-        return f"{self.name} is {self.relation} {self.thing}."
+        return f" {self.name} is {self.relation} {self.thing}."
 
     @property
     def backward(self) -> str:
-        return f"{self.relation[0].upper()}{self.relation[1:]} {self.thing} is {self.name}."
+        return f" {self.relation[0].upper()}{self.relation[1:]} {self.thing} is {self.name}."
 
-    def forward_query(self) -> tuple[str, str]:
-        """(prompt, answer) asking for the thing."""
-        return f"{self.name} is {self.relation}", f" {self.thing}"
+    def query(self, direction: str) -> tuple[str, str]:
+        """(prompt, answer): forward asks for the thing, backward for the name."""
+        if direction == "forward":
+            return f" {self.name} is {self.relation}", f" {self.thing}"
+        return f" {self.relation[0].upper()}{self.relation[1:]} {self.thing} is", f" {self.name}"
 
-    def backward_query(self) -> tuple[str, str]:
-        """(prompt, answer) asking for the name."""
-        return f"{self.relation[0].upper()}{self.relation[1:]} {self.thing} is", f" {self.name}"
-
-
-def reversal_facts(num_invented: int, seed: int) -> list[Fact]:
-    """`num_invented` invented facts with distinct names and things, then the real facts; from
-    the suite seed's own stream, with words that no corpus person or town has (FACT_ONSETS)."""
-    rng = stream_rng(seed, REVERSAL_FACTS)
-    facts, names, things = [], set(), set()
-    while len(facts) < num_invented:
-        relation = RELATIONS[len(facts) % len(RELATIONS)]
-        name = f"{invented_word(rng, 2, FACT_ONSETS)} {invented_word(rng, 2, FACT_ONSETS)}"
-        thing = rng.choice(THING_KINDS[relation]).format(invented_word(rng, 3, FACT_ONSETS))
-        if name in names or thing in things:
-            continue
-        names.add(name)
-        things.add(thing)
-        facts.append(Fact(name, relation, thing, real=False))
-    return facts + [Fact(*f, real=True) for f in REAL_FACTS]
+    def answer(self, direction: str) -> str:
+        return self.thing if direction == "forward" else self.name
 
 
-def distractors(facts: list[Fact], index: int, direction: str, count: int, seed: int) -> list[str]:
-    """`count` wrong answers for fact `index`, from other facts (same relation first); `seed`:
-    the suite's."""
+def reversal_facts(count: int, relations: int, seed: int) -> dict[str, list[Fact]]:
+    """{"trained": facts, "control": facts}: `count` each, spread in turn over the first
+    `relations` relations, with distinct names and things across both sets; each set from its
+    own stream of the suite seed, with words no corpus person or town has (FACT_ONSETS)."""
+    names, things, out = set(), set(), {}
+    for which in FACT_SETS:
+        rng, facts = stream_rng(seed, REVERSAL_FACTS, split=which), []
+        while len(facts) < count:
+            relation = list(RELATIONS)[len(facts) % relations]
+            name = f"{invented_word(rng, 2, FACT_ONSETS)} {invented_word(rng, 2, FACT_ONSETS)}"
+            thing = RELATIONS[relation].format(invented_word(rng, 3, FACT_ONSETS))
+            if name in names or thing in things:
+                continue
+            names.add(name)
+            things.add(thing)
+            facts.append(Fact(name, relation, thing))
+        out[which] = facts
+    return out
+
+
+def distractors(facts: list[Fact], index: int, direction: str, count: int, seed: int, which: str) -> list[str]:
+    """`count` wrong answers for fact `index` of the set `which`: the same question's answers of
+    other facts of its relation in that set, in an order drawn from the suite seed's stream."""
     fact = facts[index]
-    field = "thing" if direction == "forward" else "name"
-    same = [getattr(f, field) for i, f in enumerate(facts) if i != index and f.relation == fact.relation]
-    other = [getattr(f, field) for i, f in enumerate(facts) if i != index and f.relation != fact.relation]
-    rng = stream_rng(seed, DISTRACTORS, split=index)
-    rng.shuffle(same)
-    rng.shuffle(other)
-    pool = [a for a in dict.fromkeys(same + other) if a != getattr(fact, field)]
-    return [f" {a}" for a in pool[:count]]
+    pool = [f" {f.answer(direction)}" for i, f in enumerate(facts) if i != index and f.relation == fact.relation]
+    if len(pool) < count:
+        raise ValueError(f"data.reversal_facts: {fact.relation!r} has {len(pool) + 1} facts, "
+                         f"{count} distractors need {count + 1}")
+    stream_rng(seed, DISTRACTORS, stage=which, split=index).shuffle(pool)
+    return pool[:count]
+
+
+def reversal_questions(facts: list[Fact], direction: str, num_distractors: int, seed: int, which: str,
+                       eos: str) -> list[dict]:
+    """Each fact's question: {"prompt", "choices"} (the answer first), the prompt after `eos`
+    as every trained sentence is; the reversal metrics and the lm-eval tasks ask these."""
+    rows = []
+    for i, fact in enumerate(facts):
+        prompt, answer = fact.query(direction)
+        rows.append({"prompt": eos + prompt,
+                     "choices": [answer] + distractors(facts, i, direction, num_distractors, seed, which)})
+    return rows

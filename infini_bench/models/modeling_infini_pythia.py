@@ -240,9 +240,10 @@ class InfiniPythiaForCausalLM(InfiniPythiaPreTrainedModel, GenerationMixin):
         """Forget the stream-scope memory (the reference resets at each epoch and evaluation)."""
         self._stream_state = None
 
-    def empty_memory(self, batch_size: int) -> MemoryStates:
-        """An empty memory per row, to score independent sequences in either scope."""
-        return self.gpt_neox.empty_memory(batch_size)
+    def empty_memory(self, batch_size: int, shared: bool = False) -> MemoryStates:
+        """An empty memory per row, to score independent sequences in either scope, or one
+        shared by the batch (the stream memory, as training carries it)."""
+        return self.gpt_neox.empty_memory(batch_size, shared)
 
     def update_memory(self, input_ids, memory_state: MemoryStates, attention_mask=None) -> MemoryStates:
         """The memory after reading `input_ids` on top of `memory_state`, without predicting:

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from infini_bench.config import PASSKEY_DEPTHS, REFERENCE_BINS, DataConfig, EvalConfig
 from infini_bench.data import default_cache_dir, prepare_data
 from infini_bench.data.passkey import passkey_documents
-from infini_bench.data.reversal import distractors, reversal_facts
+from infini_bench.data.reversal import reversal_facts, reversal_questions
 from infini_bench.evaluation import bin_edges
 
 @cache
@@ -70,30 +70,29 @@ def token_ppl(items):
 
 # ---------- reversal ----------
 
-def _reversal_rows(pretrained, direction):
-    config, _, evaluation = _run(pretrained)
-    facts = reversal_facts(config.reversal_facts, seed=config.seed)
-    rows = []
-    for i, fact in enumerate(facts):
-        prompt, answer = getattr(fact, f"{direction}_query")()
-        rows.append({"prompt": prompt,
-                     "choices": [answer] + distractors(facts, i, direction, evaluation.num_distractors, config.seed),
-                     "sentence": getattr(fact, direction), "real": fact.real})
-    return rows
+def _reversal_facts(pretrained, facts):
+    config, _, _ = _run(pretrained)
+    return config, reversal_facts(config.reversal_facts, config.reversal_relations, seed=config.seed)[facts]
 
 
-def reversal_dataset(direction, pretrained=None, **kwargs):
-    """Multiple choice: the fact's answer in `direction` ("forward" or "backward") among distractors."""
-    return _dataset(_reversal_rows(pretrained, direction))
+def reversal_dataset(direction, facts="trained", pretrained=None, **kwargs):
+    """Multiple choice: the fact's answer in `direction` ("forward" or "backward") among
+    distractors, for the run's trained or control facts; the questions the leaderboard asks."""
+    config, tokenizer, evaluation = _run(pretrained)
+    _, chosen = _reversal_facts(pretrained, facts)
+    return _dataset(reversal_questions(chosen, direction, evaluation.num_distractors, config.seed, facts,
+                                       tokenizer.eos_token))
 
 
-def reversal_sentences(direction, pretrained=None, **kwargs):
-    """The whole sentence in `direction`, scored after its first token (the reference's sentence PPL)."""
+def reversal_sentences(direction, facts="trained", pretrained=None, **kwargs):
+    """The whole sentence in `direction`, after EOS and scored after its first token (the
+    reference's sentence PPL, as `infini_bench.evaluation.sentence_losses` scores it)."""
     _, tokenizer, _ = _run(pretrained)
+    _, chosen = _reversal_facts(pretrained, facts)
     rows = []
-    for row in _reversal_rows(pretrained, direction):
-        ids = tokenizer(row["sentence"], add_special_tokens=False)["input_ids"]
-        rows.append({"context": tokenizer.decode(ids[:1]), "continuation": tokenizer.decode(ids[1:]),
+    for fact in chosen:
+        ids = tokenizer(getattr(fact, direction), add_special_tokens=False)["input_ids"]
+        rows.append({"context": tokenizer.eos_token + tokenizer.decode(ids[:1]), "continuation": tokenizer.decode(ids[1:]),
                      "tokens": len(ids) - 1})
     return _dataset(rows)
 

@@ -271,12 +271,20 @@ def warm_memory(model, input_ids, batch_size: int, device, autocast_dtype=None):
     return state
 
 
+def ranked_first(scores, answer: int = 0) -> float:
+    """1 if `answer` alone has the highest score, 1/k if it is one of k tied for the highest
+    (a tie is then neither a win nor a loss for the answer, whatever its position), else 0."""
+    top = np.flatnonzero(np.asarray(scores) == np.max(scores))
+    return float(answer in top) / len(top)
+
+
 def reversal_metrics(model, tokenizer, facts, num_distractors: int, batch_size: int, device, autocast_dtype,
                      seed: int, memory=None) -> dict:
     """Sentence PPL (the reference's definition) and ranking accuracy of the trained and the
     control facts (data/reversal.py), forward and backward; keys without a prefix are the
-    trained facts', `control_` ones the control facts'. `items` holds each fact's sentence loss
-    and correctness (for the leaderboard's intervals); `seed`: the suite's; `memory`: one that
+    trained facts', `control_` ones the control facts'. `items` holds each fact's sentence loss,
+    correctness (`ranked_first`), the scores of its choices and their fact indices (for the
+    leaderboard's intervals and permutation test); `seed`: the suite's; `memory`: one that
     every question reads (a warmed stream memory), else each reads an empty memory of its own."""
     device = torch.device(device)
     metrics = {"facts": len(facts["trained"]), "control_facts": len(facts["control"]),
@@ -291,11 +299,14 @@ def reversal_metrics(model, tokenizer, facts, num_distractors: int, batch_size: 
             requests = [(q["prompt"], choice) for q in questions for choice in q["choices"]]
             scores = iter(lp for lp, _ in loglikelihoods(model, tokenizer, requests, batch_size, device,
                                                          autocast_dtype, memory))
-            correct = [int(np.argmax([next(scores) for _ in q["choices"]]) == 0) for q in questions]
+            options = [[next(scores) for _ in q["choices"]] for q in questions]
+            correct = [ranked_first(row) for row in options]
             metrics[f"{prefix}{direction}_ppl"] = math.exp(losses.mean())
             metrics[f"{prefix}{direction}_acc"] = float(np.mean(correct))
             items[f"{prefix}{direction}_nll"] = losses.tolist()
             items[f"{prefix}{direction}_correct"] = correct
+            items[f"{prefix}{direction}_scores"] = options   # the choices' scores, the answer's first
+            items[f"{prefix}{direction}_candidates"] = [q["facts"] for q in questions]
     metrics["ppl_gap"] = metrics["backward_ppl"] - metrics["forward_ppl"]
     metrics["reversal_effect"] = metrics["backward_acc"] - metrics["control_backward_acc"]
     return {**metrics, "items": items}

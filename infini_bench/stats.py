@@ -12,6 +12,10 @@
   indices for both models and every seed, and the statistic is the seed-mean of the
   differences. Its interval covers the sampling of test items, not training randomness; the
   across-seed paired t-interval covers that.
+- Reversal questions of one relation rank the same candidates (the answers of its facts), so
+  their outcomes are not independent; `pairing_permutation` tests knowledge of the pairing
+  itself, exactly, against rankings that ignore it. Wilson and Newcombe intervals for
+  accuracies, with n the number of facts.
 - Holm's step-down adjustment over a leaderboard's family of comparisons.
 """
 
@@ -127,3 +131,50 @@ def holm(p_values) -> list[float]:
         running = max(running, min(1.0, (len(order) - rank) * p[i]))
         adjusted[i] = running
     return adjusted.tolist()
+
+
+def wilson(accuracy: float, n: int) -> list[float]:
+    """95% Wilson score interval of a proportion `accuracy` of `n` items."""
+    z = stats.norm.ppf(0.975)
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
+    return [float(centre - half), float(centre + half)]
+
+
+def newcombe(a: float, n_a: int, b: float, n_b: int) -> list[float]:
+    """95% interval of a - b for two independent proportions (Newcombe's hybrid score method,
+    from the two Wilson intervals)."""
+    (la, ua), (lb, ub) = wilson(a, n_a), wilson(b, n_b)
+    d = a - b
+    return [float(d - np.sqrt((a - la) ** 2 + (ub - b) ** 2)), float(d + np.sqrt((ua - a) ** 2 + (b - lb) ** 2))]
+
+
+def pairing_permutation(scores: list, candidates: list, rng: np.random.Generator,
+                        resamples: int = RESAMPLES) -> dict | None:
+    """Seed-mean accuracy of multiple-choice questions and its one-sided permutation p-value
+    against rankings blind to which answer belongs to which question.
+
+    scores[s][q]: seed s's scores of question q's choices; candidates[q]: the item of each
+    choice (the right one first). The questions fall into groups that rank the same candidates,
+    which must be the group's own items (every relation's facts, each asking for its own);
+    under the null the right item of each question is a random permutation of its group, the
+    same for every seed. A tie for the top counts 1/k. None if the groups are not closed."""
+    groups = {}
+    for q, items in enumerate(candidates):
+        groups.setdefault(frozenset(items), []).append(q)
+    if any(set(members) != set(key) for key, members in groups.items()):
+        return None
+    n = len(candidates)
+    credit = np.zeros((len(scores), n, n))    # credit[s, q, item]: what question q earns if item is right
+    for s, seed_scores in enumerate(scores):
+        for q, (row, items) in enumerate(zip(seed_scores, candidates)):
+            top = [items[c] for c in np.flatnonzero(np.asarray(row) == np.max(row))]
+            credit[s, q, top] = 1 / len(top)
+    observed = float(credit[:, np.arange(n), np.arange(n)].mean())
+    right = np.empty((resamples, n), dtype=int)
+    for members in groups.values():
+        members = np.asarray(members)
+        right[:, members] = rng.permuted(np.tile(members, (resamples, 1)), axis=1)
+    null = credit[:, np.arange(n)[None, :], right].mean(axis=(0, 2))   # [resamples]
+    return {"accuracy": observed, "null_mean": float(null.mean()),
+            "p": float((np.sum(null >= observed - 1e-12) + 1) / (resamples + 1))}

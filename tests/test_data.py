@@ -7,7 +7,7 @@ import pytest
 
 from infini_bench.data import DataConfig, prepare_data, reversal_samples
 from infini_bench.data.embedded import embedded_documents
-from infini_bench.data.reversal import FACT_SETS, distractors, reversal_facts, reversal_questions
+from infini_bench.data.reversal import FACT_SETS, distractor_facts, reversal_facts, reversal_questions
 from infini_bench.evaluation import encode_request
 from infini_bench.data.sources import parse_source, stream_texts
 
@@ -98,13 +98,15 @@ def test_reversal_facts_well_formed():
             prompt, answer = f.query(direction)
             assert prompt + answer + "." == getattr(f, direction)
     for which in FACT_SETS:
-        for i, fact in enumerate(facts[which]):
-            for direction in ("forward", "backward"):  # distractors: the same question of its relation's facts
-                wrong = distractors(facts[which], i, direction, 10, seed=0, which=which)
-                same = {f" {f.answer(direction)}" for f in facts[which] if f.relation == fact.relation and f != fact}
-                assert len(set(wrong)) == 10 and set(wrong) <= same
+        for direction in ("forward", "backward"):  # distractors: the same question's answers of the relation
+            for i, question in enumerate(reversal_questions(facts[which], direction, 10, 0, which, "<eos>")):
+                fact, others = facts[which][i], question["facts"][1:]
+                assert question["facts"][0] == i and len(set(others)) == 10 and i not in others
+                assert all(facts[which][j].relation == fact.relation for j in others)
+                assert question["choices"] == [f" {facts[which][j].answer(direction)}" for j in question["facts"]]
+                assert question["prompt"] + question["choices"][0] + "." == "<eos>" + getattr(fact, direction)
     with pytest.raises(ValueError, match="data.reversal_facts: 'the author of' has 11 facts, 11 distractors need 12"):
-        distractors(facts["trained"], 0, "forward", 11, seed=0, which="trained")
+        distractor_facts(facts["trained"], 0, 11, seed=0, which="trained")
 
 
 def test_answers_are_the_tokens_training_saw(tmp_path):

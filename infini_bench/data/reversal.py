@@ -83,11 +83,11 @@ def reversal_facts(count: int, relations: int, seed: int) -> dict[str, list[Fact
     return out
 
 
-def distractors(facts: list[Fact], index: int, direction: str, count: int, seed: int, which: str) -> list[str]:
-    """`count` wrong answers for fact `index` of the set `which`: the same question's answers of
-    other facts of its relation in that set, in an order drawn from the suite seed's stream."""
+def distractor_facts(facts: list[Fact], index: int, count: int, seed: int, which: str) -> list[int]:
+    """Indices of `count` other facts of fact `index`'s relation in the set `which` (trained or
+    control), in an order drawn from the suite seed's stream; their answers are its distractors."""
     fact = facts[index]
-    pool = [f" {f.answer(direction)}" for i, f in enumerate(facts) if i != index and f.relation == fact.relation]
+    pool = [i for i, f in enumerate(facts) if i != index and f.relation == fact.relation]
     if len(pool) < count:
         raise ValueError(f"data.reversal_facts: {fact.relation!r} has {len(pool) + 1} facts, "
                          f"{count} distractors need {count + 1}")
@@ -97,11 +97,13 @@ def distractors(facts: list[Fact], index: int, direction: str, count: int, seed:
 
 def reversal_questions(facts: list[Fact], direction: str, num_distractors: int, seed: int, which: str,
                        eos: str) -> list[dict]:
-    """Each fact's question: {"prompt", "choices"} (the answer first), the prompt after `eos`
-    as every trained sentence is; the reversal metrics and the lm-eval tasks ask these."""
+    """Each fact's question: {"prompt", "choices", "facts"}: the prompt after `eos` as every
+    trained sentence is, the answers of the fact and its distractor facts (the answer first) and
+    those facts' indices; the reversal metrics and the lm-eval tasks ask these."""
     rows = []
     for i, fact in enumerate(facts):
-        prompt, answer = fact.query(direction)
-        rows.append({"prompt": eos + prompt,
-                     "choices": [answer] + distractors(facts, i, direction, num_distractors, seed, which)})
+        prompt, _ = fact.query(direction)
+        candidates = [i] + distractor_facts(facts, i, num_distractors, seed, which)
+        rows.append({"prompt": eos + prompt, "choices": [f" {facts[j].answer(direction)}" for j in candidates],
+                     "facts": candidates})
     return rows

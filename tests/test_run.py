@@ -285,4 +285,4 @@ def test_a_tiny_suite_learns_its_facts_forward_and_not_backward(tmp_path):
     assert rev["forward_acc"] >= 0.9 and rev["forward_acc"] > wilson["control_forward_acc"].high
     assert rev["backward_acc"] <= wilson["control_backward_acc"].high
     markdown = (tmp_path / "leaderboard" / "smoke.md").read_text()
-    assert "curse present" in table_rows(markdown, "Reversal curse")["Single Memory"][-1]
+    assert table_rows(markdown, "Reversal curse")["Single Memory"][-1].startswith("consistent with the curse")

@@ -5,7 +5,8 @@ import pytest
 from scipy import stats
 
 from infini_bench.pipeline import stopping
-from infini_bench.stats import Metric, block_indices, block_length, bootstrap_interval, holm, paired_bootstrap, paired_t
+from infini_bench.stats import (Metric, block_indices, block_length, bootstrap_interval, holm, newcombe, paired_bootstrap,
+                                paired_t, pairing_permutation, wilson)
 
 
 def test_holm_matches_the_step_down_definition():
@@ -75,3 +76,36 @@ def test_stopping_says_capped_only_when_still_improving():
     assert stopping(curve(8.0, 7.6, 7.5), 3, 0.01) == "capped"
     assert stopping(curve(8.0, 7.6, 7.595), 3, 0.01) == "max epochs"  # improved by less than min_delta
     assert stopping(curve(8.0), 1, 0.01) == "one epoch"
+
+
+def test_wilson_and_newcombe_match_their_definitions():
+    for k, n in [(0, 33), (3, 33), (33, 33), (17, 40)]:
+        ci = stats.binomtest(k, n).proportion_ci(method="wilson")
+        assert wilson(k / n, n) == pytest.approx([ci.low, ci.high])
+    low, high = newcombe(30 / 33, 33, 3 / 33, 33)   # Newcombe (1998), method 10, from the Wilson limits
+    (l1, u1), (l2, u2) = wilson(30 / 33, 33), wilson(3 / 33, 33)
+    d = 27 / 33
+    assert low == pytest.approx(d - np.hypot(30 / 33 - l1, u2 - 3 / 33))
+    assert high == pytest.approx(d + np.hypot(u1 - 30 / 33, 3 / 33 - l2))
+    assert newcombe(0.5, 40, 0.5, 40)[0] < 0 < newcombe(0.5, 40, 0.5, 40)[1]
+
+
+def relations(groups=3, size=11):
+    """Candidates of each fact's question: its relation's facts, its own first."""
+    return [[i] + [j for j in range(size * (i // size), size * (i // size + 1)) if j != i]
+            for i in range(groups * size)]
+
+
+def test_pairing_permutation_tells_knowledge_from_pairing_blind_rankings():
+    candidates, rng = relations(), np.random.default_rng(0)
+    knows = [[[1.0] + [0.0] * 10 for _ in candidates]]
+    blind = [[[-float(c) for c in row] for row in candidates]]     # the same order whatever the question
+    noise = [[list(np.random.default_rng(s).normal(size=11)) for _ in candidates] for s in range(3)]
+    assert pairing_permutation(knows, candidates, rng)["p"] < 0.001
+    exact = pairing_permutation(blind, candidates, rng)
+    assert exact["accuracy"] == pytest.approx(1 / 11) and exact["p"] == 1.0   # one right per relation, always
+    random = pairing_permutation(noise, candidates, rng)
+    assert random["null_mean"] == pytest.approx(1 / 11, abs=0.005) and random["p"] > 0.05
+    tied = [[[0.0] * 11 for _ in candidates]]
+    assert pairing_permutation(tied, candidates, rng)["accuracy"] == pytest.approx(1 / 11)  # a tie is 1/k
+    assert pairing_permutation(knows, [row[:10] for row in candidates], rng) is None  # not every fact a candidate

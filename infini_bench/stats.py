@@ -109,6 +109,8 @@ def mean_ci(values) -> tuple[float, float, int]:
     n = len(values)
     if n < 2:
         return (float(values.mean()) if n else float("nan")), float("nan"), n
+    if values.min() == values.max():   # no spread (np.std of equal floats can be 1e-17, not 0)
+        return float(values[0]), 0.0, n
     half = stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)
     return float(values.mean()), float(half), n
 

@@ -5,8 +5,8 @@ import pytest
 from scipy import stats
 
 from infini_bench.pipeline import stopping
-from infini_bench.stats import (Metric, block_indices, block_length, bootstrap_interval, holm, newcombe, paired_bootstrap,
-                                paired_t, pairing_permutation, wilson)
+from infini_bench.stats import (Metric, block_indices, block_length, bootstrap_interval, holm, mean_ci, newcombe,
+                                paired_bootstrap, paired_t, pairing_permutation, wilson)
 
 
 def test_holm_matches_the_step_down_definition():
@@ -109,3 +109,9 @@ def test_pairing_permutation_tells_knowledge_from_pairing_blind_rankings():
     tied = [[[0.0] * 11 for _ in candidates]]
     assert pairing_permutation(tied, candidates, rng)["accuracy"] == pytest.approx(1 / 11)  # a tie is 1/k
     assert pairing_permutation(knows, [row[:10] for row in candidates], rng) is None  # not every fact a candidate
+
+
+def test_equal_values_have_no_spread():
+    """Five seeds with the same accuracy: a half-width of exactly 0 (shown as "no spread"), not
+    the 1e-17 that np.std gives for equal floats (which printed as ± 0.00000000)."""
+    assert mean_ci([3 / 33] * 5) == (3 / 33, 0.0, 5)

@@ -297,8 +297,9 @@ def _curse_verdict(forward_effect, forward_test, effect, backward_test) -> str:
     test = f"permutation p = {backward_test['p']:.2f}; " if backward_test is not None else ""
     if backward_known:
         return f"no full curse: backward above a pairing-blind ranking ({test}effect {e_value:+.3f})"
-    return (f"consistent with the curse: learned forward ({f_value:+.2f} over control), backward not "
-            f"detectably above a pairing-blind ranking ({test}effect at most {e_ci[1]:+.2f} at 95%)")
+    return (f"consistent with the curse: learned forward ({f_value:+.2f} [{f_ci[0]:+.2f}, {f_ci[1]:+.2f}] over "
+            f"control), backward not detectably above a pairing-blind ranking ({test}effect at most "
+            f"{e_ci[1]:+.2f} at 95%)")
 
 
 def reversal_table(groups, seeds):
@@ -312,7 +313,7 @@ def reversal_table(groups, seeds):
         row = {"model": label}
         for column, value in acc.items():
             row[f"{column} [95% Wilson]"] = _with_ci(value, wilson(value, n[column.split(", ")[1]]), 3)
-        row["chance"] = f"{1 / (rev['distractors'] + 1):.3f}"
+        row[f"chance ({rev['score']}, {rev['distractors']} distractors)"] = f"{1 / (rev['distractors'] + 1):.3f}"
         effects = {}
         for direction in ("forward", "backward"):
             a, b = acc[f"{direction}, trained"], acc[f"{direction}, control"]
@@ -365,11 +366,17 @@ def reference_claim(rows, groups, seeds, reference: str) -> str:
                                            t["difference"] + t["half_width"])]
     verdict = _verdict(t, "backward PPL", multi["model"], reference)
     inside = seeds_ci[1] <= -16 <= seeds_ci[2]
+    if verdict.startswith(multi["model"]):
+        outcome = "the improvement is reproduced in direction (Holm-significant across seeds)"
+    elif inside:
+        outcome = "the improvement is neither confirmed nor excluded across seeds"
+    else:
+        outcome = "the improvement is excluded by the across-seed interval"
     return (text + f"; across seeds: {_pm_ci(seeds_ci)}, {verdict}). A 16% reduction lies "
-            f"{'inside' if inside else 'outside'} the across-seed interval; the improvement is "
-            + ("reproduced in direction (Holm-significant across seeds)" if verdict.startswith(multi["model"])
-               else "not reproduced here") + ". Backward PPL here is that of invented facts, the reference's of "
-            "its own 33 sentences: directions compare, magnitudes not.")
+            f"{'inside' if inside else 'outside'} the across-seed interval: {outcome}. Backward PPL here is that "
+            "of invented facts with no control for the untrained backward form (the reversal effect above is "
+            "the controlled measure), the reference's of its own 33 sentences: directions compare, magnitudes "
+            "not.")
 
 
 def _pm_ci(values) -> str:
@@ -706,7 +713,9 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
                   f"across-seed intervals are in the tables above). *Reversal effect* = backward accuracy of "
                   f"the trained facts minus that of the controls (Newcombe interval): what training the "
                   f"forward sentence taught about the backward question. The questions of one relation rank "
-                  f"the same candidates, so their outcomes are not independent; the *permutation p* tests "
+                  f"the same candidates, so their outcomes are not independent (a ranking blind to the "
+                  f"question gets exactly one right per relation) and the Wilson and Newcombe intervals, which "
+                  f"treat the facts as independent, are descriptive; the *permutation p* tests "
                   f"backward knowledge exactly: it is the share of 10,000 random re-pairings of questions and "
                   f"answers within each relation (the same for every seed) whose accuracy reaches the "
                   f"observed one, i.e. how often a ranking blind to which name belongs to which thing does as "
@@ -719,7 +728,9 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
                   f"questions read it and their writes are dropped).", "",
                   _markdown(reversal_table(groups, seeds)), "",
                   "Sentence PPL of the trained facts (the reference's definition: exp of the mean over "
-                  "sentences of each sentence's mean token loss, after its first token; bootstrap over facts). "
+                  "sentences of each sentence's mean token loss, after its first token; bootstrap over facts, "
+                  "which covers the facts, not training randomness: see the across-seed table). Backward PPL has "
+                  "no control here, so it measures the untrained backward form as well as any reversal. "
                   "The controls' PPL is not shown: the tokenizer, trained on training text only, has merged "
                   "the trained facts' words but not theirs, so it would measure tokenization.", "",
                   _markdown(reversal_ppl_table(groups, seeds)), ""]

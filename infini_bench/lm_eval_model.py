@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from . import models  # noqa: F401  (registers infini_pythia with the Auto classes)
 from .data.tokenizer import encode_long
-from .evaluation import greedy_generate, score_tokens
+from .evaluation import encode_request, greedy_generate, score_tokens
 from .device import pick_device
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,15 @@ class InfiniPythiaLM(TemplateLM):
 
     def tok_decode(self, tokens) -> str:
         return self.tokenizer.decode(tokens)
+
+    def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """The pair split exactly where the context's encoding ends (`evaluation.encode_request`),
+        without lm-eval's default of moving the context's trailing whitespace into the
+        continuation: the infini_bench tasks build contexts from decoded tokens, where a trailing
+        space is one of the context's tokens (a bare-space token before a rare word), so the
+        default would score one token more than the leaderboard does."""
+        whole, start = encode_request(self.tokenizer, context, continuation)
+        return whole[:start], whole[start:]
 
     def _score(self, rows, disable_tqdm=True):
         results = []

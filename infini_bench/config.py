@@ -7,10 +7,14 @@ Each `check()` raises ValueError naming the bad field as `<section>.<field>`.
 """
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 REFERENCE_BINS = (0, 16, 32, 64, 96)        # the reference's position bins (the last runs to the end)
-PASSKEY_DEPTHS = (0, 25, 50, 75, 100)       # needle depths, percent of the haystack
+RETRIEVAL_DEPTHS = (0, 25, 50, 75)          # needle depths, percent of the haystack before the needle gap
+FAMILIES = ("single", "multikey", "multivalue", "multiquery", "vt")  # retrieval task families (data/needles.py)
+HAYSTACKS = ("filler", "prose", "heldout")  # retrieval haystack kinds (data/needles.py)
+NEEDLE_GAP = 512                            # tokens between the needles and the question: 2 segments of 256
+LONG_PPL_DISTANCE_BINS = (0, 2048, 16384, 131072)  # distance since statement: <=2K, 2K-16K, 16K-128K, 128K-
 NUM_DISTRACTORS = 10                        # wrong answers ranked against each reversal answer
 STAGE_KEYS = ("sample_len", "num_samples", "max_epochs")
 
@@ -79,7 +83,8 @@ class DataConfig(Section):
     reversal_facts: int = 33       # trained reversal facts, and as many control facts (never trained)
     reversal_relations: int = 3    # relations they are spread over (each needs num_distractors + 1 facts)
     reversal_repeats: int = 10
-    passkey_fraction: float = 0.0  # of the samples, pass-key documents (needle at a random depth)
+    retrieval_fraction: float = 0.0  # of the samples, retrieval documents (needles at random depths)
+    retrieval_mix: dict = field(default_factory=lambda: {"single": 1.0})  # family -> share of them
     seed: int = 42
 
     def check(self):
@@ -96,8 +101,13 @@ class DataConfig(Section):
         _positive("data.reversal_relations", self.reversal_relations)
         if self.reversal_repeats < 0:
             raise ValueError(f"data.reversal_repeats: expected 0 or more, got {self.reversal_repeats}")
-        if not 0 <= self.passkey_fraction < 1:
-            raise ValueError(f"data.passkey_fraction: expected a number in [0, 1), got {self.passkey_fraction}")
+        if not 0 <= self.retrieval_fraction < 1:
+            raise ValueError(f"data.retrieval_fraction: expected a number in [0, 1), got {self.retrieval_fraction}")
+        if (not self.retrieval_mix or set(self.retrieval_mix) - set(FAMILIES)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                           for v in self.retrieval_mix.values())):
+            raise ValueError(f"data.retrieval_mix: expected a mapping of families ({', '.join(FAMILIES)}) to "
+                             f"positive shares, got {self.retrieval_mix!r}")
         if self.seed < 0:
             raise ValueError(f"data.seed: expected a non-negative integer, got {self.seed}")
         return self
@@ -153,11 +163,15 @@ class EvalConfig(Section):
     position_bins: tuple = REFERENCE_BINS
     num_distractors: int = NUM_DISTRACTORS
     reversal: bool = True                      # reversal-curse metrics
-    passkey_lengths: tuple = ()                # pass-key grid: lengths x depths, docs per cell
-    passkey_depths: tuple = PASSKEY_DEPTHS
-    passkey_docs: int = 1
-    long_ppl_length: int = 0                   # one document of this many tokens, PPL by position bucket
-    long_ppl_bins: tuple = ()
+    # Retrieval grid: family -> haystack -> lengths; every cell (length x depth) has
+    # retrieval_docs documents, and a local-control cell (needles right before the question).
+    retrieval: dict = field(default_factory=dict)
+    retrieval_depths: tuple = RETRIEVAL_DEPTHS
+    retrieval_docs: int = 20
+    local_control: bool = True
+    needle_gap: int = NEEDLE_GAP               # at least 2 x every memory model's segment_len (checked)
+    long_ppl_length: int = 0                   # a fact-recall document of this many tokens (0: none)
+    long_ppl_bins: tuple = LONG_PPL_DISTANCE_BINS  # its recall tokens binned by distance since statement
 
     def check(self):
         _positive("evaluation.batch_size", self.batch_size)
@@ -165,18 +179,37 @@ class EvalConfig(Section):
         if not all(isinstance(b, int) and b >= 0 for b in self.position_bins) or 0 not in self.position_bins:
             raise ValueError(f"evaluation.position_bins: expected non-negative integers starting at 0, got "
                              f"{list(self.position_bins)}")
-        _int_list("evaluation.passkey_lengths", self.passkey_lengths)
-        _int_list("evaluation.passkey_depths", self.passkey_depths)
-        if any(v < 64 for v in self.passkey_lengths):
-            raise ValueError(f"evaluation.passkey_lengths: expected lengths of at least 64 tokens, got "
-                             f"{list(self.passkey_lengths)}")
-        if any(v > 100 for v in self.passkey_depths):
-            raise ValueError(f"evaluation.passkey_depths: expected percentages 0..100, got "
-                             f"{list(self.passkey_depths)}")
-        if self.passkey_docs < 1 or self.long_ppl_length < 0:
-            raise ValueError("evaluation.passkey_docs / long_ppl_length: expected a positive integer / 0 or more")
+        _positive("evaluation.needle_gap", self.needle_gap)
+        self._check_retrieval()
+        _int_list("evaluation.retrieval_depths", self.retrieval_depths)
+        if not self.retrieval_depths or any(v > 100 for v in self.retrieval_depths):
+            raise ValueError(f"evaluation.retrieval_depths: expected percentages 0..100, got "
+                             f"{list(self.retrieval_depths)}")
+        _positive("evaluation.retrieval_docs", self.retrieval_docs)
+        if self.long_ppl_length < 0:
+            raise ValueError(f"evaluation.long_ppl_length: expected 0 or more, got {self.long_ppl_length}")
         if self.long_ppl_length and (not all(isinstance(b, int) and b >= 0 for b in self.long_ppl_bins)
                                      or 0 not in self.long_ppl_bins):
             raise ValueError(f"evaluation.long_ppl_bins: expected non-negative integers starting at 0, got "
                              f"{list(self.long_ppl_bins)}")
         return self
+
+    def _check_retrieval(self):
+        where = "evaluation.retrieval"
+        if not isinstance(self.retrieval, dict) or set(self.retrieval) - set(FAMILIES):
+            raise ValueError(f"{where}: expected a mapping of families ({', '.join(FAMILIES)}) to "
+                             f"{{haystack: [lengths]}}, got {self.retrieval!r}")
+        for family, haystacks in self.retrieval.items():
+            if not isinstance(haystacks, dict) or not haystacks or set(haystacks) - set(HAYSTACKS):
+                raise ValueError(f"{where}.{family}: expected a mapping of haystacks ({', '.join(HAYSTACKS)}) "
+                                 f"to lists of lengths, got {haystacks!r}")
+            for haystack, lengths in haystacks.items():
+                _int_list(f"{where}.{family}.{haystack}", lengths, "lengths")
+                if not lengths or min(lengths) < 2 * self.needle_gap:
+                    raise ValueError(f"{where}.{family}.{haystack}: expected lengths of at least 2 x "
+                                     f"evaluation.needle_gap = {2 * self.needle_gap} tokens, got {lengths!r}")
+
+    def retrieval_cells(self) -> list[tuple[str, str, int]]:
+        """(family, haystack, length) of the grid, in a fixed order."""
+        return [(family, haystack, length) for family in FAMILIES for haystack in HAYSTACKS
+                for length in sorted(self.retrieval.get(family, {}).get(haystack, ()))]

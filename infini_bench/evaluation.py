@@ -10,18 +10,21 @@ Position p of a loss is the index of the token the prediction is made from (the 
 """
 
 import math
+import time
 from contextlib import nullcontext
 
 import numpy as np
 import torch
 
 from .config import REFERENCE_BINS
-from .data.passkey import passkey_documents
+from .data.needles import LOCAL, needle_documents
 from .data.reversal import FACT_SETS, reversal_questions
 from .data.tokenizer import encode_long
 from .distributed import gather_rows, share
 
 SCORE_ROWS = 128  # positions log-softmaxed at once when streaming (keeps vocab-sized buffers small)
+LONG_CONTEXT_CHARS = 100_000  # a context this long is encoded once (encode_request)
+LONG_CONTEXT_TAIL = 1_000     # characters of it encoded again with the continuation
 
 
 def reset_memory(model):
@@ -236,10 +239,16 @@ def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None, memo
 
 def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int], int]:
     """lm-eval's causal encoding: encode the whole text, split where the context's encoding ends;
-    an empty context becomes the EOS token."""
+    an empty context becomes the EOS token. A context long enough for `encode_long` to cut it
+    anyway is encoded once: all but its last piece (cut before a space, as `encode_long` cuts),
+    then that piece alone and with the continuation, which gives the same tokens."""
     if not context:
         return [tokenizer.eos_token_id] + encode_long(tokenizer, continuation), 1
-    return encode_long(tokenizer, context + continuation), len(encode_long(tokenizer, context))
+    cut = context.rfind(" ", 0, len(context) - LONG_CONTEXT_TAIL) if len(context) > LONG_CONTEXT_CHARS else -1
+    if cut <= 0:
+        return encode_long(tokenizer, context + continuation), len(encode_long(tokenizer, context))
+    head, tail = encode_long(tokenizer, context[:cut]), context[cut:]
+    return head + encode_long(tokenizer, tail + continuation), len(head) + len(encode_long(tokenizer, tail))
 
 
 def loglikelihoods(model, tokenizer, requests, batch_size: int, device, autocast_dtype=None, memory=None):
@@ -317,43 +326,73 @@ def context_limit(model) -> int | None:
     return None if hasattr(model, "empty_memory") else model.config.max_position_embeddings
 
 
-def passkey_grid(model, tokenizer, lengths, depths, docs_per_depth: int, device, autocast_dtype,
-                 seed: int) -> dict:
-    """Pass-key accuracy for each length x depth, on the documents of the `infini_passkey` tasks
-    and scored as their lm-eval request is (the key's tokens all greedy), with the key's mean
-    log-probability (which shows partial retrieval before accuracy does). Lengths beyond a
-    model's context are not scored: their cells are None and `context_limit` says why."""
-    device = torch.device(device)
+def window_request(row: tuple[list[int], int], limit: int) -> tuple[list[int], int]:
+    """A (tokens, first_target) request cut to its last `limit` tokens: what a model that reads
+    only its last window sees (the targets are kept whole)."""
+    tokens, first_target = row
+    cut = max(len(tokens) - limit, 0)
+    if first_target - cut < 1:
+        raise ValueError(f"a continuation of {len(tokens) - first_target} tokens does not fit a window of {limit}")
+    return tokens[cut:], first_target - cut
+
+
+def retrieval_cell(model, tokenizer, rows, batch_size: int, device, autocast_dtype=None) -> dict:
+    """Scores of one cell's documents as their lm-eval request is scored: correct when every
+    answer token is the greedy choice, with the answer's log-probability. A model with a context
+    limit reads each document's last `context_limit` tokens (the floor: a window, no memory)."""
+    requests = [encode_request(tokenizer, r["context"], r["target"]) for r in rows]
     limit = context_limit(model)
-    accuracy, logprob = {}, {}
-    for length in lengths:
-        if limit is not None and length > limit:
-            accuracy[str(length)] = logprob[str(length)] = {str(d): None for d in depths}
-            continue
-        rows = passkey_documents(tokenizer, length, depths, docs_per_depth, seed)
-        scored = loglikelihoods(model, tokenizer, [(r["context"], r["target"]) for r in rows], 1, device,
-                                autocast_dtype)
-        cells = {d: [result for result, r in zip(scored, rows) if r["depth"] == d] for d in depths}
-        accuracy[str(length)] = {str(d): float(np.mean([greedy for _, greedy in cells[d]])) for d in depths}
-        logprob[str(length)] = {str(d): float(np.mean([lp for lp, _ in cells[d]])) for d in depths}
-    return {"lengths": list(lengths), "depths": list(depths), "docs_per_cell": docs_per_depth,
-            "context_limit": limit, "accuracy": accuracy, "key_logprob": logprob}
+    if limit is not None:
+        requests = [window_request(r, limit) for r in requests]
+    scored = score_tokens(model, requests, batch_size, device, autocast_dtype)
+    return {"correct": [int(greedy.all()) for _, greedy in scored],
+            "answer_logprob": [float(lp.sum()) for lp, _ in scored],
+            "distance": [r["distance"] for r in rows]}
+
+
+def retrieval_grid(model, tokenizer, evaluation, device, autocast_dtype, seed: int, progress=None) -> dict:
+    """Every cell of `evaluation.retrieval` (family x haystack x length x depth, the local
+    control as depth LOCAL) on the documents of the infini_niah / infini_vt tasks: per cell the
+    documents' correctness, answer log-probabilities and needle distances (data/needles.py).
+    `progress(cell, seconds)` is told when each (family, haystack, length) is done."""
+    device = torch.device(device)
+    depths = [*evaluation.retrieval_depths, *([LOCAL] if evaluation.local_control else [])]
+    cells = []
+    for family, haystack, length in evaluation.retrieval_cells():
+        start = time.perf_counter()
+        rows = needle_documents(tokenizer, family, haystack, length, depths, evaluation.retrieval_docs, seed,
+                                evaluation.needle_gap)
+        for depth in map(str, depths):
+            chosen = [r for r in rows if r["depth"] == depth]
+            cells.append({"family": family, "haystack": haystack, "length": length, "depth": depth,
+                          **retrieval_cell(model, tokenizer, chosen, evaluation.batch_size, device, autocast_dtype)})
+        if progress:
+            progress((family, haystack, length), time.perf_counter() - start)
+    limit = context_limit(model)
+    return {"reader": "memory" if limit is None else f"last {limit}", "context_limit": limit,
+            "depths": list(map(str, depths)), "docs_per_cell": evaluation.retrieval_docs,
+            "needle_gap": evaluation.needle_gap, "cells": cells}
 
 
 @torch.no_grad()
-def long_document_ppl(model, tokens, bins, device="cpu", autocast_dtype=None) -> dict:
-    """PPL of one long document by position bucket (positions as in `lm_metrics`: a loss sits at
-    the token it predicts from). Infini models read the whole document through their memory; a
-    model with a context limit reads its first `context_limit` tokens, and buckets it does not
-    cover completely are None, never PPL over a cut bucket."""
+def recall_ppl(model, tokens, spans, bins, batch_size: int, device="cpu", autocast_dtype=None) -> dict:
+    """PPL of the recall tokens of a fact-recall document (data.recall_document), binned by
+    distance since the fact was stated, with each recall's summed loss and token count (for
+    intervals over recalls). Infini models read the whole document through their memory; a
+    model with a context limit predicts each recall from the last `context_limit` tokens before
+    it (the floor)."""
     device = torch.device(device)
     limit = context_limit(model)
     if limit is None:
-        logprobs, _ = stream_logprobs(model, tokens, 1, device, autocast_dtype)
+        logprobs, _ = stream_logprobs(model, tokens, spans[0][0], device, autocast_dtype)
+        losses = [float(-logprobs[start - spans[0][0]:end - spans[0][0]].sum()) for start, end, _ in spans]
     else:
-        (logprobs, _), = score_tokens(model, [(list(tokens[:limit]), 1)], 1, device, autocast_dtype)
-    nll = -np.asarray(logprobs)
-    buckets = {}
-    for start, end in bin_edges(bins, len(tokens) - 1):
-        buckets[f"{start}-{end}"] = float(math.exp(nll[start:end].mean())) if end <= len(nll) else None
-    return {"tokens": len(tokens), "context_limit": limit, "position_ppl": buckets}
+        rows = [window_request((list(tokens[:end]), start), limit) for start, end, _ in spans]
+        losses = [float(-lp.sum()) for lp, _ in score_tokens(model, rows, batch_size, device, autocast_dtype)]
+    recalls = [{"distance": d, "nll": loss, "tokens": end - start} for (start, end, d), loss in zip(spans, losses)]
+    binned = {}
+    for low, high in bin_edges(bins, len(tokens)):
+        inside = [r for r in recalls if low <= r["distance"] < high]
+        binned[f"{low}-{high}"] = (math.exp(sum(r["nll"] for r in inside) / sum(r["tokens"] for r in inside))
+                                   if inside else None)
+    return {"tokens": len(tokens), "context_limit": limit, "recall_ppl": binned, "recalls": recalls}

@@ -22,8 +22,9 @@ from .cli import ArgumentParser, fail
 from .io import atomic_write_text
 from .paths import source_commit
 from .seeds import BOOTSTRAP, stream_seed
-from .stats import (MIN_BLOCKS, Metric, bootstrap_interval, holm, mean_ci, newcombe, paired_bootstrap, paired_t,
-                    pairing_permutation, wilson)
+from .data.needles import LOCAL
+from .stats import (MIN_BLOCKS, Metric, bootstrap_interval, holm, mean_ci, newcombe, paired_binary, paired_bootstrap,
+                    paired_t, pairing_permutation, wilson)
 from .suites import find_suite, read_suite
 
 
@@ -387,43 +388,204 @@ def _length_label(n: int) -> str:
     return f"{n // 1048576}M" if n % 1048576 == 0 else f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
-def _beyond(limit) -> str:
-    return f"n/a (context {limit:,})"
+FAMILY_TEXT = {  # what a document asks, and the accuracy of guessing among its needles' answers
+    "single": ("one pass key among distractor numbers", "about 0 (a five-digit key)"),
+    "multikey": ("the pass key of one of four named keys", "1/4 (one of the document's keys)"),
+    "multivalue": ("all three pass keys of one name, in the order stated", "1/6 (the three keys, in some order)"),
+    "multiquery": ("the pass keys of two of four names, in one answer", "1/12 (an ordered pair of its keys)"),
+    "vt": ("every variable bound to a value through a chain of three (a second chain is a decoy)",
+           "1/120 (three of its six names, in order)"),
+}
+HAYSTACK_TEXT = {
+    "filler": "the training filler, with five-digit distractor numbers (filler sentences and decoy codes)",
+    "prose": "embedded-corpus documents (people, towns, numbers): prose, never a training haystack",
+    "heldout": "weather-log text never in any training sample (does retrieval generalise beyond the training "
+               "haystack?)",
+}
 
 
-def passkey_summary_table(results, metric="accuracy"):
-    """Mean over depths of pass-key accuracy (or the key's log-probability), per model and length."""
+def _reader(r) -> str:
+    """A row's name: the model, or for a windowed model the floor it is."""
+    limit = r["retrieval"]["context_limit"] if "retrieval" in r else r["long_ppl"]["context_limit"]
+    return r["model"] if limit is None else f"Pythia (last {limit:,})"
+
+
+def _cells(r, family, haystack, length=None, depths=None) -> list[int]:
+    """One model's outcomes (0/1 per document) of the cells that match, in document order."""
+    return [x for c in r["retrieval"]["cells"] if (c["family"], c["haystack"]) == (family, haystack)
+            and (length is None or c["length"] == length) and (depths is None or c["depth"] in depths)
+            for x in c["correct"]]
+
+
+def _scored_depths(r) -> list[str]:
+    return [d for d in r["retrieval"]["depths"] if d != LOCAL]
+
+
+def _wilson_cell(outcomes) -> str:
+    if not outcomes:
+        return "—"
+    k, n = sum(outcomes), len(outcomes)
+    low, high = wilson(k / n, n)
+    return f"{k / n:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def retrieval_table(results, family, haystack):
+    """Accuracy over the scored depths per model and length [95% Wilson, n = documents x
+    depths], and the local control over every length."""
+    lengths = sorted({c["length"] for c in results[0]["retrieval"]["cells"]
+                      if (c["family"], c["haystack"]) == (family, haystack)})
     rows = []
     for r in results:
-        grid = r["passkey"]
+        row = {"model": _reader(r)}
+        for length in lengths:
+            row[_length_label(length)] = _wilson_cell(_cells(r, family, haystack, length, _scored_depths(r)))
+        row["local control (all lengths)"] = _wilson_cell(_cells(r, family, haystack, depths=[LOCAL]))
+        rows.append(row)
+    return pd.DataFrame(rows), lengths
+
+
+def floor_differences(results, cells, rng) -> dict:
+    """(model, family, haystack, length) -> memory model minus the floor, paired over the scored
+    documents (`stats.paired_binary`), Holm-adjusted over every comparison of the section."""
+    floor = next(r for r in results if r["retrieval"]["context_limit"] is not None)
+    out = {}
+    for r in results:
+        if r is floor:
+            continue
+        for family, haystack, length in cells:
+            depths = _scored_depths(r)
+            out[(r["model"], family, haystack, length)] = paired_binary(
+                _cells(r, family, haystack, length, depths), _cells(floor, family, haystack, length, depths), rng)
+    for test, p in zip(out.values(), holm([t["p"] for t in out.values()])):
+        test["holm_p"] = p
+    return out
+
+
+def difference_table(results, differences, family, haystack, lengths):
+    rows = []
+    for r in results:
+        if r["retrieval"]["context_limit"] is not None:
+            continue
         row = {"model": r["model"]}
-        for length in grid["lengths"]:
-            cells = list(grid[metric][str(length)].values())
-            row[_length_label(length)] = (_beyond(grid["context_limit"]) if None in cells
-                                          else f"{sum(cells) / len(cells):.2f}")
+        for length in lengths:
+            t = differences[(r["model"], family, haystack, length)]
+            mark = " *" if t["holm_p"] < 0.05 else ""
+            row[_length_label(length)] = f"{t['difference']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]{mark}"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def passkey_table(result):
-    """One model's accuracy by needle depth (rows) and length (columns)."""
-    grid = result["passkey"]
-    table = {"depth": [f"{d}%" for d in grid["depths"]]}
-    for length in grid["lengths"]:
-        cells = grid["accuracy"][str(length)]
-        table[_length_label(length)] = [_beyond(grid["context_limit"]) if cells[str(d)] is None
-                                        else f"{cells[str(d)]:.2f}" for d in grid["depths"]]
-    return pd.DataFrame(table)
+def plot_retrieval(results, family, haystack, plot_dir: Path, suite: str) -> Path:
+    """Heatmaps (depth x length) of one family and haystack, one panel per model; every cell
+    says k/n (documents right / documents)."""
+    panels = [r for r in results if any((c["family"], c["haystack"]) == (family, haystack)
+                                        for c in r["retrieval"]["cells"])]
+    grid = panels[0]["retrieval"]
+    lengths = sorted({c["length"] for c in grid["cells"] if (c["family"], c["haystack"]) == (family, haystack)})
+    depths = grid["depths"]
+    fig = Figure(figsize=(1.0 * len(lengths) * len(panels) + 2, 0.5 * len(depths) + 1.8))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    cmap = matplotlib.colormaps["RdYlGn"]
+    for ax, r in zip(axes, panels):
+        values = np.zeros((len(depths), len(lengths)))
+        for i, depth in enumerate(depths):
+            for j, length in enumerate(lengths):
+                outcomes = _cells(r, family, haystack, length, [depth])
+                values[i, j] = np.mean(outcomes)
+                ax.text(j, i, f"{sum(outcomes)}/{len(outcomes)}", ha="center", va="center", fontsize=7)
+        image = ax.imshow(values, cmap=cmap, vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [d if d == LOCAL else f"{d}%" for d in depths])
+        ax.set_title(_reader(r), fontsize=8)
+    axes[0].set_ylabel("needle depth")
+    fig.supxlabel("haystack length (tokens)", fontsize=8)
+    fig.suptitle(f"{suite}: {family}, {haystack} haystack", fontsize=9)
+    fig.colorbar(image, ax=list(axes), label="accuracy")
+    path = plot_dir / f"{suite}-retrieval-{family}-{haystack}.png"
+    _save_png(fig, path)
+    return path
 
 
-def long_ppl_table(results):
-    buckets = _by_start(results[0]["long_ppl"]["position_ppl"])
-    table = {"positions": buckets}
+def retrieval_section(results, plot_dir: Path, suite: str, rng) -> list[str]:
+    grid = results[0]["retrieval"]
+    pairs = list(dict.fromkeys((c["family"], c["haystack"]) for c in grid["cells"]))
+    cells = list(dict.fromkeys((c["family"], c["haystack"], c["length"]) for c in grid["cells"]))
+    has_floor = any(r["retrieval"]["context_limit"] is not None for r in results)
+    differences = floor_differences(results, cells, rng) if has_floor else {}
+    n = grid["docs_per_cell"]
+    scored = [d for d in grid["depths"] if d != LOCAL]
+    lines = ["## Long-context retrieval", "",
+             f"RULER-style needle-in-a-haystack documents (`data/needles.py`, the documents of the `infini_niah_*` "
+             f"and `infini_vt_*` lm-eval tasks). {n} document(s) per cell (length x depth). Every needle the "
+             f"answer depends on ends at least {grid['needle_gap']:,} tokens (two segments) before the question, "
+             f"so local attention cannot read it; depth d% puts the first of them after d% of the haystack "
+             f"before that limit. Accuracy = every answer token is the greedy continuation of the question "
+             f"(exact match), shown as the mean over the scored depths ({', '.join(d + '%' for d in scored)}; "
+             f"n = {n * len(scored)} documents a length) with its 95% Wilson interval. The *local control* "
+             f"puts the needles right before the question (no memory needed; the old depth 100%) and is never "
+             f"part of a memory score."]
+    if has_floor:
+        lines += ["", "*Pythia (last N)* is the baseline reading only the last N tokens of every input (its "
+                  "context): the floor of a model without memory. A needle within its window is readable "
+                  "without memory, so at lengths up to N the floor reads every needle. *Difference to the floor*: "
+                  "the memory model's accuracy minus the floor's on the same documents, 95% paired bootstrap "
+                  f"interval; * = McNemar exact p < 0.05 after Holm over the {len(differences)} comparisons of this "
+                  "section. That difference is what the memory adds; an interval that holds 0 is not evidence "
+                  "that it adds nothing."]
+    for family, haystack in pairs:
+        table, lengths = retrieval_table(results, family, haystack)
+        asks, chance = FAMILY_TEXT[family]
+        lines += ["", f"### {family}, {haystack} haystack", "",
+                  f"Asks for {asks}; haystack: {HAYSTACK_TEXT[haystack]}. Guessing among the document's "
+                  f"answers: {chance}.", "", _markdown(table), ""]
+        if has_floor:
+            lines += ["Difference to the floor:", "",
+                      _markdown(difference_table(results, differences, family, haystack, lengths)), ""]
+        path = plot_retrieval(results, family, haystack, plot_dir, suite)
+        lines += [f"![{family}, {haystack}](plots/{path.name})"]
+    return lines + [""]
+
+
+def _recall_metric(r, low, high) -> Metric | None:
+    inside = [x for x in r["long_ppl"]["recalls"] if low <= x["distance"] < high]
+    if not inside:
+        return None
+    return Metric(np.array([x["nll"] for x in inside]), np.array([x["tokens"] for x in inside], dtype=float), True)
+
+
+def recall_ppl_section(results, rng) -> list[str]:
+    """Recall-token PPL of the fact-recall document by distance since statement [95% bootstrap
+    over recalls], and each memory model's difference to the floor (paired over recalls)."""
+    doc = results[0]["long_ppl"]
+    edges = sorted(tuple(map(int, b.split("-"))) for b in doc["recall_ppl"])
+    bins = [f"{_length_label(low)}–{_length_label(high)}" for low, high in edges]
+    table, differences = [], []
+    floor = next((r for r in results if r["long_ppl"]["context_limit"] is not None), None)
     for r in results:
-        long = r["long_ppl"]
-        table[r["model"]] = [_beyond(long["context_limit"]) if long["position_ppl"][b] is None
-                             else _fmt(long["position_ppl"][b], 2) for b in buckets]
-    return pd.DataFrame(table)
+        row = {"model": _reader(r)}
+        for label, (low, high) in zip(bins, edges):
+            metric = _recall_metric(r, low, high)
+            ci = bootstrap_interval(metric, 1, 1, rng)
+            row[label] = f"{_with_ci(metric.value(), ci)} (n = {len(metric.numerator)})"
+        table.append(row)
+        if floor is not None and r is not floor:
+            row = {"model": r["model"]}
+            for label, (low, high) in zip(bins, edges):
+                t = paired_bootstrap([_recall_metric(r, low, high)], [_recall_metric(floor, low, high)], 1, 1, rng)
+                row[label] = f"{t['difference']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]"
+            differences.append(row)
+    lines = ["## Long-document recall PPL by distance since statement", "",
+             f"One document of {doc['tokens']:,} tokens in which each fact (a person's number, in the corpus's "
+             f"words) is stated once and recalled once later; PPL of the recalled number's tokens, binned by the "
+             f"tokens between the statement and the recall, as many recalls drawn in each bin. Memory models read "
+             f"the whole document through their memory; the floor predicts each recall from the last tokens of "
+             f"its window. 95% percentile bootstrap over recalls; n = recalls in the bin.", "",
+             _markdown(pd.DataFrame(table)), ""]
+    if differences:
+        lines += ["Difference to the floor (PPL, memory model minus floor; paired bootstrap over recalls): "
+                  "negative = the memory lowers the PPL of recalls beyond its window.", "",
+                  _markdown(pd.DataFrame(differences)), ""]
+    return lines
 
 
 def _markdown(df):
@@ -469,43 +631,6 @@ def plot(results, plot_dir: Path, suite: str) -> list[Path]:
     paths.append(plot_dir / f"{suite}-position-ppl.png")
     _save_png(fig, paths[-1])
     return paths
-
-
-def plot_passkey(results, plot_dir: Path, suite: str) -> dict:
-    """A needle-in-a-haystack heatmap per model (depth x length, accuracy); grey = beyond context."""
-    paths = {}
-    for r in results:
-        grid = r["passkey"]
-        values = np.array([[grid["accuracy"][str(n)][str(d)] if grid["accuracy"][str(n)][str(d)] is not None
-                            else np.nan for n in grid["lengths"]] for d in grid["depths"]], dtype=float)
-        fig, ax = _figure((1.1 * len(grid["lengths"]) + 2, 0.55 * len(grid["depths"]) + 1.5))
-        cmap = matplotlib.colormaps["RdYlGn"].copy()
-        cmap.set_bad("lightgrey")
-        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-        for (i, j), v in np.ndenumerate(values):
-            ax.text(j, i, "n/a" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8)
-        ax.set_xticks(range(len(grid["lengths"])), [_length_label(n) for n in grid["lengths"]])
-        ax.set_yticks(range(len(grid["depths"])), [f"{d}%" for d in grid["depths"]])
-        limit = f" (context {grid['context_limit']:,})" if grid["context_limit"] else ""
-        ax.set(xlabel="haystack length (tokens)", ylabel="needle depth", title=f"{r['model']}{limit}: pass key")
-        fig.colorbar(image, ax=ax, label="accuracy")
-        paths[r["model"]] = plot_dir / f"{suite}-passkey-{r['slug']}.png"
-        _save_png(fig, paths[r["model"]])
-    return paths
-
-
-def plot_long_ppl(results, plot_dir: Path, suite: str) -> Path:
-    fig, ax = _figure((7, 4.5))
-    for r in results:
-        buckets = r["long_ppl"]["position_ppl"]
-        points = [(int(b.split("-")[1]), buckets[b]) for b in _by_start(buckets) if buckets[b] is not None]
-        ax.plot(*zip(*points), marker="o", label=r["model"])
-    ax.set(xscale="log", xlabel="position in the document (end of bucket, tokens)", ylabel="PPL",
-           title=f"{suite}: PPL by position in one long document")
-    ax.legend(fontsize=8)
-    path = plot_dir / f"{suite}-long-ppl.png"
-    _save_png(fig, path)
-    return path
 
 
 def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, description: str = "",
@@ -639,7 +764,7 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
               "Protocol: early stopping and the kept checkpoint are chosen on the validation split; every "
               "held-out language-modelling number below (PPL, recall-token PPL, PPL by position) is on the "
               "test split, which nothing is selected on; the reversal metrics score trained and control facts, the "
-              "pass-key and long-document metrics documents of their own. Samples are consecutive cuts of "
+              "retrieval and long-document metrics documents of their own. Samples are consecutive cuts of "
               "each split's token stream (documents EOS-joined, the first cut at an arbitrary offset), so a "
               "sample starts anywhere in a document. Intervals: 95% percentile bootstrap (10,000 resamples) "
               "over test samples in circular blocks of consecutive samples (neighbours share documents; in "
@@ -675,30 +800,12 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
                   "finding about the models needs the across-seed verdict as well. \"No difference detected\" "
                   "is not evidence of equivalence.",
                   "", _markdown(differences_table(rows, reference)), ""]
-    with_passkey = [r for r in results if "passkey" in r]
-    if with_passkey:
-        heatmaps = plot_passkey(with_passkey, leaderboard_dir / "plots", suite)
-        grid = with_passkey[0]["passkey"]
-        lines += ["## Pass-key retrieval", "",
-                  f"A five-digit key hidden at each depth of a filler haystack; accuracy = the whole key is "
-                  f"the greedy continuation of the question ({grid['docs_per_cell']} document(s) per cell; "
-                  f"the documents of the `infini_passkey` lm-eval tasks). A model with a context limit is "
-                  f"not scored past it (n/a), never on a cut haystack.", "",
-                  "Accuracy, mean over depths:", "", _markdown(passkey_summary_table(with_passkey)), "",
-                  "Log-probability of the whole key (nats), mean over depths: it rises before accuracy does "
-                  "when the memory retrieves part of the key.", "",
-                  _markdown(passkey_summary_table(with_passkey, "key_logprob")), ""]
-        for r in with_passkey:
-            lines += [f"### {r['model']}", "", _markdown(passkey_table(r)), "",
-                      f"![{r['model']} pass key](plots/{heatmaps[r['model']].name})", ""]
+    with_retrieval = [r for r in results if "retrieval" in r]
+    if with_retrieval:
+        lines += retrieval_section(with_retrieval, leaderboard_dir / "plots", suite, _rng(first, "retrieval"))
     with_long = [r for r in results if "long_ppl" in r]
     if with_long:
-        curve = plot_long_ppl(with_long, leaderboard_dir / "plots", suite)
-        lines += ["## Long-document PPL by position", "",
-                  f"One embedded-corpus document of {with_long[0]['long_ppl']['tokens']:,} tokens (its people "
-                  f"are stated at the start and recalled throughout), read whole through the memory; PPL of "
-                  f"the predictions made from each bucket of positions.", "",
-                  _markdown(long_ppl_table(with_long)), "", f"![long-document PPL](plots/{curve.name})", ""]
+        lines += recall_ppl_section(with_long, _rng(first, "long-ppl"))
     if "reversal" in results[0]:
         rev = results[0]["reversal"]
         lines += ["## Reversal curse", "",

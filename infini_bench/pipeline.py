@@ -23,10 +23,10 @@ import torch
 from transformers import AutoModelForCausalLM, set_seed
 
 from . import distributed
-from .data import default_cache_dir, long_document, prepare_data
+from .data import default_cache_dir, prepare_data, recall_document
 from .device import autocast_dtype
-from .evaluation import (context_limit, lm_metrics, long_document_ppl, passkey_grid, per_sample_losses,
-                         reversal_metrics, sample_token_nll, warm_memory)
+from .evaluation import (context_limit, lm_metrics, per_sample_losses, recall_ppl, retrieval_grid, reversal_metrics,
+                         sample_token_nll, warm_memory)
 from .io import atomic_write_json
 from .leaderboard import RunsDisagree, write_leaderboard
 from .models import build_model
@@ -176,17 +176,19 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
                                                       memory=warm)
             extra["reversal_warm"]["warmed_on"] = f"{len(data.validation)} validation samples"
             items["reversal_warm"] = extra["reversal_warm"].pop("items")
-    if e.passkey_lengths:
+    if e.retrieval:
         start = time.perf_counter()
-        # The documents of the infini_passkey tasks (from the suite seed), the same for every model.
-        extra["passkey"] = passkey_grid(model, data.tokenizer, e.passkey_lengths, e.passkey_depths, e.passkey_docs,
-                                        device, precision, seed=config.data.seed)
-        print(f"{spec.name}: pass-key grid in {time.perf_counter() - start:.0f}s", flush=True)
+        # The documents of the infini_niah / infini_vt tasks (from the suite seed), the same for every model.
+        extra["retrieval"] = retrieval_grid(
+            model, data.tokenizer, e, device, precision, seed=config.data.seed,
+            progress=lambda cell, s: print(f"{spec.name}: retrieval {'/'.join(map(str, cell))} in {s:.0f}s",
+                                           flush=True))
+        print(f"{spec.name}: retrieval grid in {time.perf_counter() - start:.0f}s", flush=True)
     if e.long_ppl_length:
         start = time.perf_counter()
-        document = long_document(data.tokenizer, e.long_ppl_length, config.data.seed)
-        extra["long_ppl"] = long_document_ppl(model, document, e.long_ppl_bins, device, precision)
-        print(f"{spec.name}: long-document PPL in {time.perf_counter() - start:.0f}s", flush=True)
+        document, spans = recall_document(data.tokenizer, e.long_ppl_length, config.data.seed, e.long_ppl_bins)
+        extra["long_ppl"] = recall_ppl(model, document, spans, e.long_ppl_bins, e.batch_size, device, precision)
+        print(f"{spec.name}: long-document recall PPL in {time.perf_counter() - start:.0f}s", flush=True)
     curve = [_epoch_record(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     best = min(_last_stage(curve), key=lambda c: c["val_ppl"])
     t = config.training

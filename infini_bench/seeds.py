@@ -13,9 +13,9 @@ import random
 CORPUS = "corpus"                  # embedded-corpus documents (stage: sample length; split)
 CORPUS_OFFSET = "corpus-offset"    # where the first sample of a split's token stream starts
 DOCUMENT_SPLIT = "document-split"  # which split each document of a text source goes to
-PASSKEY_TRAIN = "passkey-samples"  # pass-key documents mixed into the samples (stage; split)
-PASSKEY_EVAL = "passkey-eval"      # the pass-key grid and the infini_passkey tasks
-FILLER = "filler"                  # the filler-sentence pool of pass-key haystacks (split)
+RETRIEVAL_TRAIN = "passkey-samples"  # retrieval documents mixed into the samples (stage; split)
+NEEDLE_EVAL = "needle-eval"        # the retrieval grid and the infini_niah / infini_vt tasks
+FILLER = "filler"                  # haystack sentence pools (stage: haystack kind; split)
 REVERSAL_FACTS = "reversal-facts"  # invented reversal facts
 REVERSAL_ORDER = "reversal-order"  # order of the repeated fact sentences in training
 DISTRACTORS = "distractors"        # wrong answers of each reversal question

@@ -16,6 +16,8 @@
   their outcomes are not independent; `pairing_permutation` tests knowledge of the pairing
   itself, exactly, against rankings that ignore it. Wilson and Newcombe intervals for
   accuracies, with n the number of facts.
+- Retrieval documents are scored by every model, so a model's difference to the floor is
+  paired per document: a paired bootstrap interval and McNemar's exact test (`paired_binary`).
 - Holm's step-down adjustment over a leaderboard's family of comparisons.
 """
 
@@ -180,3 +182,16 @@ def pairing_permutation(scores: list, candidates: list, rng: np.random.Generator
     null = credit[:, np.arange(n)[None, :], right].mean(axis=(0, 2))   # [resamples]
     return {"accuracy": observed, "null_mean": float(null.mean()),
             "p": float((np.sum(null >= observed - 1e-12) + 1) / (resamples + 1))}
+
+
+def paired_binary(a, b, rng: np.random.Generator, resamples: int = RESAMPLES) -> dict:
+    """Mean of a - b for two models' 0/1 outcomes on the same items: 95% paired percentile
+    bootstrap interval (items resampled together) and McNemar's exact two-sided p (a binomial
+    test on the discordant items; 1 when there are none)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    index = rng.integers(0, len(a), (resamples, len(a)))
+    resampled = (a[index] - b[index]).mean(-1)
+    wins, losses = int(np.sum(a > b)), int(np.sum(a < b))
+    p = float(stats.binomtest(wins, wins + losses).pvalue) if wins + losses else 1.0
+    return {"difference": float((a - b).mean()), "n": len(a), "p": p,
+            "ci95": [float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))]}

@@ -108,6 +108,10 @@ def _validate(config: RunConfig):
         if model.memory_type != "none" and model.segment_len > shortest:
             raise ValueError(f"segment_len: {model.segment_len} (model {spec.name!r}) is larger than the shortest "
                              f"sample ({shortest} tokens); accepted: 1..{shortest}")
+        if model.memory_type != "none" and e.retrieval and e.needle_gap < 2 * model.segment_len:
+            raise ValueError(f"evaluation.needle_gap: {e.needle_gap} tokens would leave a needle within two segments "
+                             f"of the question for model {spec.name!r} (segment_len {model.segment_len}); accepted: "
+                             f"at least {2 * model.segment_len}")
         if spec.slug in slugs:
             raise ValueError(f"models: two models named {spec.name!r}")
         slugs.add(spec.slug)

@@ -19,9 +19,14 @@ from infini_bench.config import DataConfig, EvalConfig, TrainConfig
     (lambda: DataConfig(reversal_repeats=-1), "data.reversal_repeats: expected 0 or more"),
     (lambda: DataConfig(vocab_size=0), "data.vocab_size: expected a positive integer"),
     (lambda: EvalConfig(num_distractors=0), "evaluation.num_distractors: expected a positive integer"),
-    (lambda: EvalConfig(passkey_docs=0), "evaluation.passkey_docs"),
+    (lambda: EvalConfig(retrieval_docs=0), "evaluation.retrieval_docs"),
+    (lambda: EvalConfig(retrieval={"single": {"filler": [600]}}, needle_gap=512),
+     "evaluation.retrieval.single.filler: expected lengths of at least 2 x evaluation.needle_gap"),
+    (lambda: EvalConfig(retrieval={"needle": {"filler": [4096]}}), "evaluation.retrieval: expected a mapping"),
+    (lambda: EvalConfig(retrieval={"single": {"wiki": [4096]}}), "evaluation.retrieval.single: expected a mapping"),
+    (lambda: DataConfig(retrieval_mix={"single": 0}), "data.retrieval_mix: expected a mapping"),
     (lambda: TrainConfig(curriculum=({"sample_len": 64},)), "training.curriculum[0]: expected a mapping"),
-    (lambda: EvalConfig(passkey_depths=(0, 120)), "evaluation.passkey_depths: expected percentages"),
+    (lambda: EvalConfig(retrieval_depths=(0, 120)), "evaluation.retrieval_depths: expected percentages"),
     (lambda: EvalConfig(position_bins=(16, 32)), "evaluation.position_bins"),
     (lambda: DataConfig().update({"sample_len": "long"}), "data.sample_len: expected int"),
     (lambda: EvalConfig().update({"bins": [0]}), "evaluation.bins: unknown key"),
@@ -34,5 +39,7 @@ def test_a_bad_field_is_named(make, message):
 def test_defaults_are_valid_and_updates_keep_types():
     data = DataConfig().update({"num_samples": 10, "val_fraction": 1}, where="profiles.cpu.data")
     assert data.num_samples == 10 and isinstance(data.val_fraction, float)
-    assert EvalConfig().update({"passkey_lengths": [1024]}).passkey_lengths == (1024,)
+    assert EvalConfig().update({"retrieval_depths": [0, 50]}).retrieval_depths == (0, 50)
+    grid = EvalConfig(retrieval={"vt": {"prose": [4096, 1024]}, "single": {"filler": [1024]}})
+    assert grid.retrieval_cells() == [("single", "filler", 1024), ("vt", "prose", 1024), ("vt", "prose", 4096)]
     TrainConfig(), EvalConfig()

@@ -216,56 +216,6 @@ def test_too_little_data_is_reported(tmp_path):
         prepare_data(small(source=str(path)), tmp_path / "cache")
 
 
-def test_passkey_training_samples(tmp_path):
-    """A passkey_fraction of the samples are pass-key documents of exactly sample_len tokens that
-    end with the question and the key, the key flagged as recall; the needle states the same key."""
-    from infini_bench.data.passkey import QUESTION
-
-    data = prepare_data(small(sample_len=160, num_samples=40, passkey_fraction=0.25, reversal_repeats=0), tmp_path)
-    tokenizer = data.tokenizer
-    samples = list(data.train) + list(data.validation) + list(data.test)
-    passkey = [s for s in samples if QUESTION.strip() in tokenizer.decode(s["input_ids"])]
-    assert len(passkey) == 10 and data.info["passkey_samples"] == {"train": 8, "validation": 1, "test": 1}
-    for s in passkey:
-        assert len(s["input_ids"]) == 160
-        flagged = [t for t, f in zip(s["input_ids"], s["recall"]) if f]
-        key = tokenizer.decode(flagged).strip()
-        text = tokenizer.decode(s["input_ids"])
-        assert re.fullmatch(r"\d{5}", key) and text.endswith(f"{QUESTION} {key}")
-        assert f"The pass key is {key}. Remember it. {key} is the pass key." in text
-        assert s["recall"][-len(flagged):] == [1] * len(flagged)
-
-
-@pytest.mark.parametrize("length", [256, 4096])
-def test_passkey_documents_length_and_depth(tmp_path, length):
-    """Haystack and answer hold at most `length` tokens by the model's tokenizer (nearly as many),
-    with the needle at the asked depth of the filler and the question at the end."""
-    from infini_bench.data.passkey import QUESTION, passkey_documents
-
-    tokenizer = prepare_data(small(), tmp_path).tokenizer
-    rows = passkey_documents(tokenizer, length, depths=(0, 50, 100), docs_per_depth=2, seed=3)
-    assert rows == passkey_documents(tokenizer, length, depths=(0, 50, 100), docs_per_depth=2, seed=3)
-    assert len({r["target"] for r in rows}) == 6
-    for r in rows:
-        n = len(tokenizer(r["context"] + r["target"])["input_ids"])
-        assert length - 40 <= n <= length, n  # up to one filler sentence short of `length`
-        assert r["context"].endswith(QUESTION.strip())
-        needle = r["context"].index(f"The pass key is{r['target']}.")
-        where = needle / (len(r["context"]) - len(QUESTION))
-        assert abs(where - r["depth"] / 100) < 0.1 + 40 / length, (where, r["depth"])
-
-
-def test_long_document_recalls_its_people_throughout(tmp_path):
-    from infini_bench.data import long_document
-
-    tokenizer = prepare_data(small(), tmp_path).tokenizer
-    tokens = long_document(tokenizer, 20000, seed=1)
-    assert len(tokens) == 20000 and tokens == long_document(tokenizer, 20000, seed=1)
-    text = tokenizer.decode(tokens)
-    first_name = text.split()[0]
-    assert text.count(first_name) > 20 and first_name in text[-len(text) // 10:]
-
-
 def test_long_texts_are_encoded_in_pieces_to_the_same_tokens(tmp_path):
     """encode_long cuts before spaces (also inside runs of spaces and next to newlines); the
     tokens equal those of encoding the whole text at once."""

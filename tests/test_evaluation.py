@@ -165,29 +165,29 @@ def test_streamed_scoring_equals_one_call(memory_type, first):
     assert (greedy == (logits[first - 1:-1].argmax(-1) == torch.tensor(tokens[first:])).numpy()).all()
 
 
-def test_long_document_ppl_by_bucket_and_context_limit():
-    """Infini: every bucket from one whole-document pass. A model with a context limit: the
-    buckets inside it as a plain forward pass gives them, the others None (not a cut bucket)."""
-    from infini_bench.evaluation import long_document_ppl
+def test_recall_ppl_through_the_memory_and_through_a_window():
+    """Infini: each recall's loss from one whole-document pass. A model with a context limit: each
+    recall predicted from the last `context_limit` tokens before it, as a plain forward pass
+    over that window gives it."""
+    from infini_bench.evaluation import recall_ppl
 
     tokens = torch.randint(0, VOCAB, (2500,), generator=torch.Generator().manual_seed(5)).tolist()
-    bins = (0, 100, 1000, 2000)
+    spans = [(300, 303, 250), (1200, 1204, 1100), (2400, 2402, 2300)]
     for memory_type in ("single", "none"):
         model = tiny(memory_type, segment_len=64)
         if memory_type == "none":
-            model.config.max_position_embeddings = 1500
-        out = long_document_ppl(model, tokens, bins)
-        seen = 2500 if memory_type == "single" else 1500
-        with torch.no_grad():
-            logits = torch.log_softmax(model(torch.tensor([tokens[:seen]])).logits[0, :-1].double(), -1)
-        nll = -logits.gather(-1, torch.tensor(tokens[1:seen])[:, None])[:, 0]
-        assert list(out["position_ppl"]) == ["0-100", "100-1000", "1000-2000", "2000-2499"]
-        for bucket, value in out["position_ppl"].items():
-            start, end = map(int, bucket.split("-"))
-            if end > seen - 1:
-                assert value is None and out["context_limit"] == 1500
-            else:
-                assert value == pytest.approx(math.exp(nll[start:end].mean()), rel=1e-4)
+            model.config.max_position_embeddings = 1000
+        out = recall_ppl(model, tokens, spans, (0, 1000, 2000), 2, "cpu")
+        for (start, end, _), recall in zip(spans, out["recalls"]):
+            window = tokens[:end] if memory_type == "single" else tokens[max(0, end - 1000):end]
+            offset = end - len(window)
+            with torch.no_grad():
+                logits = torch.log_softmax(model(torch.tensor([window])).logits[0].double(), -1)
+            targets = torch.tensor(window[start - offset:end - offset])
+            expected = -logits[start - offset - 1:end - offset - 1].gather(-1, targets[:, None]).sum()
+            assert recall["nll"] == pytest.approx(float(expected), rel=1e-4) and recall["tokens"] == end - start
+        assert list(out["recall_ppl"]) == ["0-1000", "1000-2000", "2000-2500"]
+        assert out["recall_ppl"]["0-1000"] == pytest.approx(math.exp(out["recalls"][0]["nll"] / 3), rel=1e-9)
 
 
 @pytest.mark.parametrize("memory_type", ["single", "none"])

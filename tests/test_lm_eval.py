@@ -39,9 +39,10 @@ def infini_bench_group(smoke, tmp_path_factory):
 @pytest.mark.slow
 def test_lm_eval_command_runs_the_infini_bench_group_and_prints_every_metric(infini_bench_group):
     _, stdout, results = infini_bench_group
-    for task in ("infini_passkey_1k", "infini_passkey_4k", "infini_passkey_16k", "infini_passkey_64k"):
+    for task in ("infini_niah_single_1k", "infini_niah_single_4k", "infini_niah_multikey_1k",
+                 "infini_niah_multikey_4k", "infini_vt_1k"):
         assert task in stdout
-        for metric in ["acc"] + [f"acc_depth_{d}" for d in (0, 25, 50, 75, 100)]:
+        for metric in ["acc", "acc_local"] + [f"acc_depth_{d}" for d in (0, 25, 50, 75)]:
             value = results[task][f"{metric},none"]
             assert 0.0 <= value <= 1.0
     for task, metric in [("infini_reversal_forward", "acc"), ("infini_reversal_backward", "acc"),
@@ -215,3 +216,33 @@ def test_bad_checkpoints_give_one_line_errors(smoke, tmp_path):
     train_bpe_tokenizer(texts, vocab_size=2000).save_pretrained(mismatched)
     with pytest.raises(ValueError, match=r"^tokenizer: \d+ tokens do not fit the checkpoint's vocab_size 512"):
         InfiniPythiaLM(pretrained=str(mismatched), device="cpu")
+
+
+@pytest.mark.slow
+def test_hf_model_runs_a_retrieval_task_with_the_documented_defaults(tmp_path):
+    """Any local transformers causal LM, with its own tokenizer and no run_config.json, runs
+    infini_niah_multikey_1k under `--model hf`: the documents come from the defaults (seed 42,
+    depths 0/25/50/75 and the local control, here 2 documents a depth)."""
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    from infini_bench.data.embedded import embedded_documents
+    from infini_bench.data.tokenizer import train_bpe_tokenizer
+
+    folder = tmp_path / "model"
+    tokenizer = train_bpe_tokenizer([d["text"] for d in embedded_documents(100, seed=0)], vocab_size=512)
+    torch.manual_seed(0)
+    GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=128, max_position_embeddings=2048)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    assert not (folder / "run_config.json").exists()
+    output = tmp_path / "out"
+    result = lm_eval_cli("--model", "hf", "--model_args", f"pretrained={folder}", "--tasks", "infini_niah_multikey_1k",
+                         "--include_path", "tasks", "--metadata", '{"docs_per_depth": 2}', "--output_path",
+                         str(output), cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (path,) = output.rglob("results_*.json")
+    written = json.loads(path.read_text())
+    task = written["results"]["infini_niah_multikey_1k"]
+    assert written["n-samples"]["infini_niah_multikey_1k"]["effective"] == 10
+    assert 0 <= task["acc,none"] <= 1 and 0 <= task["acc_local,none"] <= 1 and task["answer_logprob,none"] < 0

@@ -1,12 +1,14 @@
-"""The long suite end to end at toy size (lengths <= 4K): curriculum, pass-key grid, long PPL,
-heatmaps; the baseline marked beyond its context; the suite and the lm-eval task agree."""
+"""The long suite end to end at toy size (lengths <= 4K): curriculum, retrieval grid of every
+family, recall PPL, heatmaps; the baseline scored as the last-window floor; the suite and the
+lm-eval tasks (infini_pythia and hf) agree."""
 
 import json
 import math
+import re
 
 import pytest
 
-from helpers import run_cli
+from helpers import run_cli, table_rows
 
 pytestmark = pytest.mark.slow  # every test here runs the command line end to end
 
@@ -23,38 +25,41 @@ def results(out, slug):
     return json.loads((out / "runs" / "long-smoke" / slug / "results.json").read_text())
 
 
-def test_leaderboard_has_heatmaps_tables_and_curves(long_smoke):
+GRID = [("single", "filler", 256), ("single", "filler", 1024), ("single", "filler", 4096), ("single", "prose", 256),
+        ("single", "heldout", 256), ("multikey", "filler", 256), ("multikey", "filler", 1024),
+        ("multivalue", "filler", 256), ("multiquery", "filler", 256), ("vt", "filler", 256)]
+
+
+def test_leaderboard_has_retrieval_tables_heatmaps_and_recall_ppl(long_smoke):
     text = (long_smoke / "leaderboard" / "long-smoke.md").read_text()
-    for heading in ("## Pass-key retrieval", "## Long-document PPL by position", "### Single Memory",
-                    "### Hierarchical (4)", "### Pythia baseline"):
+    for heading in ("## Long-context retrieval", "## Long-document recall PPL by distance since statement",
+                    *{f"### {family}, {haystack} haystack" for family, haystack, _ in GRID}):
         assert heading in text
     assert "## Reversal curse" not in text  # the long suite does not train reversal facts
-    for slug in ("pythia-baseline", "single-memory", "hierarchical-4"):
-        png = long_smoke / "leaderboard" / "plots" / f"long-smoke-passkey-{slug}.png"
+    assert "2 document(s) per cell" in text and "Difference to the floor:" in text
+    for family, haystack in {(f, h) for f, h, _ in GRID}:
+        png = long_smoke / "leaderboard" / "plots" / f"long-smoke-retrieval-{family}-{haystack}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in text
-    assert (long_smoke / "leaderboard" / "plots" / "long-smoke-long-ppl.png").exists()
+    table = table_rows(text, "multikey, filler haystack")
+    assert table.pop("model") == ["256", "1K", "local control (all lengths)"]
+    assert list(table) == ["Pythia (last 128)", "Single Memory", "Hierarchical (4)"]
+    assert all(re.fullmatch(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]", v) for row in table.values() for v in row)
 
 
-def test_memory_models_fill_the_grid_and_the_baseline_stops_at_its_context(long_smoke):
-    for slug in ("single-memory", "hierarchical-4"):
-        r = results(long_smoke, slug)
-        grid = r["passkey"]
-        assert grid["context_limit"] is None and grid["lengths"] == [128, 1024, 4096]
-        for length in grid["lengths"]:
-            for depth in ("0", "50", "100"):
-                assert 0.0 <= grid["accuracy"][str(length)][depth] <= 1.0
-                assert grid["key_logprob"][str(length)][depth] < 0
-        assert r["long_ppl"]["tokens"] == 4096
-        assert all(math.isfinite(v) for v in r["long_ppl"]["position_ppl"].values())
-    base = results(long_smoke, "pythia-baseline")
-    grid = base["passkey"]
-    assert grid["context_limit"] == 128
-    assert all(v is not None for v in grid["accuracy"]["128"].values())
-    assert all(v is None for n in ("1024", "4096") for v in grid["accuracy"][n].values())
-    buckets = base["long_ppl"]["position_ppl"]
-    assert buckets["0-64"] is not None and buckets["64-1024"] is None and buckets["2048-4095"] is None
-    text = (long_smoke / "leaderboard" / "long-smoke.md").read_text()
-    assert "n/a (context 128)" in text
+def test_every_model_scores_every_cell_and_the_baseline_is_the_floor(long_smoke):
+    for slug in ("single-memory", "hierarchical-4", "pythia-baseline"):
+        grid = results(long_smoke, slug)["retrieval"]
+        assert grid["depths"] == ["0", "50", "local"] and grid["needle_gap"] == 128
+        assert grid["reader"] == ("last 128" if slug == "pythia-baseline" else "memory")
+        cells = {(c["family"], c["haystack"], c["length"], c["depth"]): c for c in grid["cells"]}
+        assert set(cells) == {(*cell, d) for cell in GRID for d in grid["depths"]}
+        for (_, _, _, depth), c in cells.items():
+            assert len(c["correct"]) == 2 and set(c["correct"]) <= {0, 1} and all(v < 0 for v in c["answer_logprob"])
+            assert all(d >= 128 for d in c["distance"]) if depth != "local" else c["distance"] == [0, 0]
+        long = results(long_smoke, slug)["long_ppl"]
+        assert long["tokens"] == 4096 and set(long["recall_ppl"]) == {"0-256", "256-1024", "1024-4096"}
+        assert all(math.isfinite(v) for v in long["recall_ppl"].values())
+    assert results(long_smoke, "pythia-baseline")["long_ppl"]["context_limit"] == 128
 
 
 def test_curriculum_runs_short_stages_first(long_smoke):
@@ -71,17 +76,38 @@ def test_curriculum_runs_short_stages_first(long_smoke):
     assert (long_smoke / "runs" / "long-smoke" / "pythia-baseline" / "stages" / "2-256" / "stage.json").exists()
 
 
-def test_suite_pass_key_equals_the_lm_eval_task(long_smoke, tmp_path):
-    """The suite's 1K cells are the infini_passkey_1k task's documents, scored the same way."""
-    run_dir = long_smoke / "runs" / "long-smoke" / "single-memory"
-    result = run_cli("--model", "infini_pythia", "--model_args", f"pretrained={run_dir}", "--tasks",
-                     "infini_passkey_1k", "--include_path", "tasks", "--metadata", '{"depths": [0, 50, 100]}',
-                     "--output_path", str(tmp_path), cache=long_smoke / "cache", module="lm_eval")
+def task_results(long_smoke, tmp_path, model, slug, task):
+    run_dir = long_smoke / "runs" / "long-smoke" / slug
+    result = run_cli("--model", model, "--model_args", f"pretrained={run_dir}", "--tasks", task, "--include_path",
+                     "tasks", "--output_path", str(tmp_path), cache=long_smoke / "cache", module="lm_eval")
     assert result.returncode == 0, result.stderr[-3000:]
     (path,) = tmp_path.rglob("results_*.json")
-    task = json.loads(path.read_text())["results"]["infini_passkey_1k"]
-    grid = results(long_smoke, "single-memory")["passkey"]
-    cells = grid["key_logprob"]["1024"]
-    assert task["key_logprob,none"] == pytest.approx(sum(cells.values()) / len(cells), rel=1e-6)
-    for depth in (0, 50, 100):
-        assert task[f"acc_depth_{depth},none"] == pytest.approx(grid["accuracy"]["1024"][str(depth)])
+    return json.loads(path.read_text())["results"][task]
+
+
+def suite_cells(long_smoke, slug, family, length):
+    cells = results(long_smoke, slug)["retrieval"]["cells"]
+    return {c["depth"]: c for c in cells if (c["family"], c["haystack"], c["length"]) == (family, "filler", length)}
+
+
+def test_suite_retrieval_equals_the_lm_eval_task(long_smoke, tmp_path):
+    """The suite's 1K single-NIAH cells are the infini_niah_single_1k task's documents (the run's
+    depths, documents and gap), scored the same way."""
+    task = task_results(long_smoke, tmp_path, "infini_pythia", "single-memory", "infini_niah_single_1k")
+    cells = suite_cells(long_smoke, "single-memory", "single", 1024)
+    scored = [cells["0"], cells["50"]]
+    assert task["acc,none"] == pytest.approx(sum(sum(c["correct"]) for c in scored) / 4)
+    assert task["answer_logprob,none"] == pytest.approx(sum(sum(c["answer_logprob"]) for c in scored) / 4, rel=1e-6)
+    assert task["acc_local,none"] == pytest.approx(sum(cells["local"]["correct"]) / 2)
+    for depth in ("0", "50"):
+        assert task[f"acc_depth_{depth},none"] == pytest.approx(sum(cells[depth]["correct"]) / 2)
+
+
+def test_hf_model_runs_the_tasks_on_the_baseline_run_dir(long_smoke, tmp_path):
+    """`--model hf` on the baseline's run directory (a plain GPT-NeoX checkpoint): lm-eval cuts
+    each request to the model's context from the left, as the floor does (it keeps one more
+    context token), so it scores the suite's floor."""
+    task = task_results(long_smoke, tmp_path, "hf", "pythia-baseline", "infini_niah_multikey_1k")
+    cells = suite_cells(long_smoke, "pythia-baseline", "multikey", 1024)
+    assert task["acc,none"] == pytest.approx((sum(cells["0"]["correct"]) + sum(cells["50"]["correct"])) / 4)
+    assert task["acc_local,none"] == pytest.approx(sum(cells["local"]["correct"]) / 2)

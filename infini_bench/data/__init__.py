@@ -9,8 +9,9 @@ arbitrary offset of the first document: a sample starts anywhere in a document, 
 bin measures how much context precedes a token, not a section of a document.
 
 Samples carry `input_ids` and `recall` (1 where the token is a recall mention of the embedded
-corpus, or the answer of a pass-key document; all 0 for other sources). A `passkey_fraction`
-of each split's samples are pass-key documents (data/passkey.py) of the same length. The
+corpus, or the answer of a retrieval document; all 0 for other sources). A `retrieval_fraction`
+of each split's samples are retrieval documents (data/needles.py) of the same length, their
+families drawn by `retrieval_mix`, their haystack the training filler. The
 training split also gets the reversal facts' forward sentences, repeated and packed into
 samples (the control facts never are: data/reversal.py). Validation selects the checkpoint;
 test is what the leaderboard reports.
@@ -28,15 +29,15 @@ from datasets import Dataset, DatasetDict, concatenate_datasets, load_from_disk
 
 from ..config import DataConfig
 from ..io import atomic_dir
-from ..seeds import (CORPUS, CORPUS_OFFSET, DOCUMENT_SPLIT, LONG_DOCUMENT, PASSKEY_TRAIN, REVERSAL_ORDER, TOKENIZER,
+from ..seeds import (CORPUS, CORPUS_OFFSET, DOCUMENT_SPLIT, LONG_DOCUMENT, REVERSAL_ORDER, RETRIEVAL_TRAIN, TOKENIZER,
                      stream_rng, stream_seed)
-from .embedded import embedded_documents, make_document
-from .passkey import NEEDLE, QUESTION, FillerPool, passkey_sample
+from .embedded import MATERIALS, OBJECTS, embedded_documents, invented_word
+from .needles import SentencePool, make_needles, needle_sample
 from .reversal import Fact, reversal_facts
 from .sources import parse_source, stream_texts
 from .tokenizer import encode_long, load_tokenizer, tokenizer_fingerprint
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 SPLITS = ("train", "validation", "test")
 
 
@@ -62,8 +63,8 @@ def split_sizes(config: DataConfig) -> dict:
     return {"train": config.num_samples - validation - test, "validation": validation, "test": test}
 
 
-def _num_passkey(config: DataConfig, samples: int) -> int:
-    return round(samples * config.passkey_fraction)
+def _num_retrieval(config: DataConfig, samples: int) -> int:
+    return round(samples * config.retrieval_fraction)
 
 
 def _corpus_documents(config: DataConfig, split: str, samples: int):
@@ -135,10 +136,13 @@ def _training_texts(kind, path, config: DataConfig):
     return texts
 
 
-def _passkey_samples(config: DataConfig, tokenizer, split: str, count: int) -> dict:
-    pool = FillerPool.build(tokenizer, config.seed, split)
-    rng = stream_rng(config.seed, PASSKEY_TRAIN, config.sample_len, split)
-    ids, recall = zip(*(passkey_sample(tokenizer, pool, config.sample_len, rng) for _ in range(count)))
+def _retrieval_samples(config: DataConfig, tokenizer, split: str, count: int) -> dict:
+    """`count` retrieval documents of the split, each of a family drawn by `retrieval_mix`."""
+    pool = SentencePool.build(tokenizer, config.seed, split)
+    rng = stream_rng(config.seed, RETRIEVAL_TRAIN, config.sample_len, split)
+    families, shares = zip(*sorted(config.retrieval_mix.items()))
+    ids, recall = zip(*(needle_sample(tokenizer, pool, rng.choices(families, shares)[0], config.sample_len, rng)
+                        for _ in range(count)))
     return {"input_ids": list(ids), "recall": list(recall)}
 
 
@@ -151,14 +155,14 @@ def _cache_key(config: DataConfig, kind, path, tokenizer) -> str:
                 files.append([str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns])
     key = dict(version=CACHE_VERSION, kind=kind, files=files, tokenizer=tokenizer_fingerprint(tokenizer),
                **{k: getattr(config, k) for k in ("num_samples", "sample_len", "val_fraction", "test_fraction",
-                                                   "passkey_fraction", "seed")})
+                                                   "retrieval_fraction", "retrieval_mix", "seed")})
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _build_splits(config: DataConfig, kind, path, tokenizer, corpus) -> DatasetDict:
     sizes = split_sizes(config)
-    passkeys = {split: _num_passkey(config, n) for split, n in sizes.items()}
-    counts = {split: sizes[split] - passkeys[split] for split in SPLITS}
+    retrieval = {split: _num_retrieval(config, n) for split, n in sizes.items()}
+    counts = {split: sizes[split] - retrieval[split] for split in SPLITS}
     if kind == "embedded":
         samples = {split: _embedded_samples(corpus[split], tokenizer, config, split, counts[split])
                    for split in SPLITS}
@@ -171,9 +175,9 @@ def _build_splits(config: DataConfig, kind, path, tokenizer, corpus) -> DatasetD
             raise ValueError(f"data: {config.source} gives only {have} full {split} samples of "
                              f"{config.sample_len} tokens; num_samples asks for {counts[split]}")
         dataset = Dataset.from_dict(samples[split])
-        if passkeys[split]:
+        if retrieval[split]:
             dataset = concatenate_datasets([dataset, Dataset.from_dict(
-                _passkey_samples(config, tokenizer, split, passkeys[split]))])
+                _retrieval_samples(config, tokenizer, split, retrieval[split]))])
         splits[split] = dataset
     return DatasetDict(splits)
 
@@ -186,15 +190,18 @@ def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBun
     corpus = None
     if kind == "embedded":
         sizes = split_sizes(config)
-        corpus = {split: _corpus_documents(config, split, n - _num_passkey(config, n)) for split, n in sizes.items()}
+        corpus = {split: _corpus_documents(config, split, n - _num_retrieval(config, n)) for split, n in sizes.items()}
     if tokenizer is not None:
         tokenizer_name = getattr(tokenizer, "name_or_path", "") or "given"
     else:
         texts = ([d["text"] for d in corpus["train"]] if corpus is not None else
                  _training_texts(kind, path, config) if config.tokenizer in ("bpe", "pythia") else [])
-        if config.passkey_fraction:  # the needle's and question's words in the tokenizer's vocabulary
+        if config.retrieval_fraction:  # the trained families' needles and questions in the vocabulary
             rng = stream_rng(config.seed, TOKENIZER)
-            texts += [NEEDLE.format(key=rng.randrange(10000, 100000)) + QUESTION for _ in range(100)]
+            for family in sorted(config.retrieval_mix):
+                for _ in range(100):
+                    n = make_needles(family, rng)
+                    texts.append("".join([*n.asked, *n.others, n.question, n.answer]))
         # The training split as trained: each fact sentence as often as it is repeated.
         texts += [f.forward for f in facts["trained"]] * max(1, config.reversal_repeats)
         tokenizer, tokenizer_name = load_tokenizer(config.tokenizer, texts, config.vocab_size, cache_dir / "tokenizers")
@@ -212,7 +219,7 @@ def prepare_data(config: DataConfig, cache_dir: Path, tokenizer=None) -> DataBun
     info = dict(source=config.source, kind=kind, tokenizer=tokenizer_name, vocab_size=len(tokenizer),
                 train_samples=len(train), validation_samples=len(splits["validation"]),
                 test_samples=len(splits["test"]), reversal_samples=len(reversal),
-                passkey_samples={split: _num_passkey(config, n) for split, n in split_sizes(config).items()},
+                retrieval_samples={split: _num_retrieval(config, n) for split, n in split_sizes(config).items()},
                 sample_len=config.sample_len, cache=str(sample_dir), config=asdict(config))
     return DataBundle(train, splits["validation"], splits["test"], tokenizer, facts, info)
 
@@ -234,8 +241,44 @@ def reversal_samples(facts, tokenizer, config: DataConfig) -> list[list[int]]:
     return [stream[i:i + config.sample_len] for i in range(0, len(stream), config.sample_len)]
 
 
-def long_document(tokenizer, length: int, seed: int) -> list[int]:
-    """One embedded-corpus document of `length` tokens: its people are stated at the start and
-    recalled throughout, so that reading it well needs memory at every length."""
-    text, _ = make_document(stream_rng(seed, LONG_DOCUMENT), min_words=length)
-    return encode_long(tokenizer, text)[:length]
+RECALLS_PER_BIN = 128  # recalls of a fact-recall document per distance bin (fewer in a short one)
+
+
+def recall_document(tokenizer, length: int, seed: int, bins) -> tuple[list[int], list[tuple[int, int, int]]]:
+    """A document of `length` tokens in which each fact (a person's number, in the corpus's
+    words) is stated once and recalled once, later: (ids, [(start, end, distance)]) with the
+    recall tokens ids[start:end] (the number) and the tokens since the statement's end. Recall
+    distances are drawn log-uniform within each bin of `bins` (distance since statement), as
+    many in each bin (at most one fact per 256 tokens), so that every bin needs memory of its
+    reach; the text in between is the evaluation filler."""
+    rng = stream_rng(seed, LONG_DOCUMENT)
+    pool = SentencePool.build(tokenizer, seed, "evaluation")
+    edges = [*sorted(b for b in bins if b < length), length]
+    per_bin = max(1, min(RECALLS_PER_BIN, length // (256 * (len(edges) - 1))))
+    events = []                          # (recall position, distance), planned in tokens
+    for low, high in zip(edges, edges[1:]):
+        for _ in range(per_bin):
+            distance = int(np.exp(rng.uniform(np.log(max(low, 64)), np.log(high))))
+            events.append((rng.randrange(distance, length), distance))
+    plan = sorted([(r - d, "state", i) for i, (r, d) in enumerate(events)] + [(r, "recall", i)
+                                                                           for i, (r, d) in enumerate(events)])
+    people = {}
+    ids, spans, stated = [], [], {}
+    for at, kind, i in plan:
+        while len(ids) < at:
+            ids += pool.tokens[rng.randrange(len(pool.tokens))]
+        if kind == "state":
+            people[i] = (f"{invented_word(rng)} {invented_word(rng)}", str(rng.randrange(1000, 10000)))
+            name, number = people[i]
+            ids += tokenizer(f" {name} keeps a {rng.choice(MATERIALS)} {rng.choice(OBJECTS)} and the number "
+                             f"{number}.", add_special_tokens=False)["input_ids"]
+            stated[i] = len(ids)
+        else:
+            name, number = people[i]
+            ids += tokenizer(f" The number of {name} was", add_special_tokens=False)["input_ids"]
+            answer = tokenizer(f" {number}", add_special_tokens=False)["input_ids"]
+            spans.append((len(ids), len(ids) + len(answer), len(ids) - stated[i]))
+            ids += answer + tokenizer(".", add_special_tokens=False)["input_ids"]
+    while len(ids) < length:
+        ids += pool.tokens[rng.randrange(len(pool.tokens))]
+    return ids[:length], [s for s in spans if s[1] <= length]

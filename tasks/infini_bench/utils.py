@@ -2,7 +2,11 @@
 
 The tasks are handed lm-eval's `--model_args` as metadata. With `pretrained=<run dir>`, the
 data is exactly the suite's: the run's data config (run_config.json) and the run's own
-tokenizer give the same test samples, reversal facts and pass-key documents that the leaderboard used.
+tokenizer give the same test samples, reversal facts and retrieval documents that the
+leaderboard used. Any other local checkpoint (`--model hf --model_args pretrained=<folder>`)
+gets the documented defaults of infini_bench/config.py (DataConfig, EvalConfig: seed 42,
+depths 0/25/50/75 and the local control, 20 documents a depth, a 512-token needle gap) with
+its own tokenizer.
 """
 
 import json
@@ -13,9 +17,9 @@ from pathlib import Path
 from datasets import Dataset, DatasetDict
 from transformers import AutoTokenizer
 
-from infini_bench.config import PASSKEY_DEPTHS, REFERENCE_BINS, DataConfig, EvalConfig
+from infini_bench.config import RETRIEVAL_DEPTHS, REFERENCE_BINS, DataConfig, EvalConfig
 from infini_bench.data import default_cache_dir, prepare_data
-from infini_bench.data.passkey import passkey_documents
+from infini_bench.data.needles import LOCAL, needle_documents
 from infini_bench.data.reversal import reversal_facts, reversal_questions
 from infini_bench.evaluation import bin_edges
 
@@ -107,24 +111,29 @@ def mean_loss_ppl(losses):
     return math.exp(sum(losses) / len(losses))
 
 
-# ---------- passkey retrieval ----------
+# ---------- needle-in-a-haystack retrieval ----------
 
-def passkey_dataset(length, pretrained=None, depths=None, docs_per_depth=None, seed=None, **kwargs):
-    """Haystacks of `length` tokens (by the model's tokenizer) with a five-digit pass key hidden
-    at each depth; the request asks for the key after the haystack. Depths and documents per
-    depth: the run's own grid (evaluation.passkey_depths, passkey_docs) and documents (from its
-    suite seed) unless given."""
+def niah_dataset(family, length, pretrained=None, haystack="filler", depths=None, docs_per_depth=None, seed=None,
+                 gap=None, **kwargs):
+    """Haystacks of `length` tokens (by the model's tokenizer) with the needles of `family` at
+    each depth and the local control; the request asks for the answer after the haystack.
+    Depths, documents per depth, needle gap and seed: the run's own (evaluation.retrieval_depths,
+    retrieval_docs, needle_gap, data.seed) unless given."""
     config, tokenizer, evaluation = _run(pretrained)
-    return _dataset(passkey_documents(tokenizer, length, depths or evaluation.passkey_depths,
-                                      docs_per_depth or evaluation.passkey_docs, config.seed if seed is None else seed))
+    depths = [*(depths or evaluation.retrieval_depths), *([LOCAL] if evaluation.local_control else [])]
+    return _dataset(needle_documents(tokenizer, family, haystack, length, depths,
+                                     docs_per_depth or evaluation.retrieval_docs, config.seed if seed is None else seed,
+                                     gap or evaluation.needle_gap))
 
 
-def passkey_results(doc, results):
+def niah_results(doc, results):
     (loglikelihood, greedy), = results
-    metrics = {f"acc_depth_{d}": None for d in PASSKEY_DEPTHS}  # the template's metrics
-    metrics[f"acc_depth_{doc['depth']}"] = float(greedy)
-    metrics["acc"] = float(greedy)
-    metrics["key_logprob"] = loglikelihood
+    metrics = {f"acc_depth_{d}": None for d in RETRIEVAL_DEPTHS}  # the template's metrics
+    local = doc["depth"] == LOCAL
+    metrics.update({"acc": None if local else float(greedy), "answer_logprob": None if local else loglikelihood,
+                    "acc_local": float(greedy) if local else None})
+    if not local and int(doc["depth"]) in RETRIEVAL_DEPTHS:
+        metrics[f"acc_depth_{doc['depth']}"] = float(greedy)
     return metrics
 
 

@@ -9,6 +9,7 @@
 Position p of a loss is the index of the token the prediction is made from (the target is p + 1).
 """
 
+import hashlib
 import math
 import time
 from contextlib import nullcontext
@@ -203,15 +204,18 @@ def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None, memo
     model.eval()
     results = [None] * len(rows)
     infini = hasattr(model, "empty_memory")
+    # A model without memory is fed each row but its last token (no prediction is made from it),
+    # so a row may hold max_position_embeddings + 1 tokens, as lm-eval's windows do.
+    drop = 0 if infini else 1
     limit = chunk_tokens(model) if infini else model.config.max_position_embeddings
     short = []
     for i, (tokens, first_target) in enumerate(rows):
-        if len(tokens) <= limit:
+        if len(tokens) - drop <= limit:
             short.append(i)
         elif infini:
             results[i] = stream_logprobs(model, tokens, first_target, device, autocast_dtype)
         else:
-            raise ValueError(f"input of {len(tokens)} tokens is longer than the model's "
+            raise ValueError(f"input of {len(tokens) - drop} tokens is longer than the model's "
                              f"max_position_embeddings ({limit}); window it first")
     short.sort(key=lambda i: -len(rows[i][0]))
     for start in range(0, len(short), batch_size):
@@ -221,12 +225,13 @@ def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None, memo
         mask = torch.zeros_like(ids)
         for row, i in enumerate(chunk):
             ids[row, :len(rows[i][0])] = torch.tensor(rows[i][0])
-            mask[row, :len(rows[i][0])] = 1
+            mask[row, :len(rows[i][0]) - drop] = 1
         if memory is not None and width > model.config.segment_len:
             raise ValueError(f"a shared memory is read by rows of one segment only; got {width} tokens")
         state = {"memory_state": model.empty_memory(len(chunk)) if memory is None else memory} if infini else {}
         with _autocast(device, autocast_dtype):
-            logits = model(ids.to(device), attention_mask=mask.to(device), **state).logits
+            logits = model(ids[:, :width - drop].to(device), attention_mask=mask[:, :width - drop].to(device),
+                           **state).logits
         logprobs = torch.log_softmax(logits.float(), -1).cpu()
         for row, i in enumerate(chunk):
             tokens, first_target = rows[i]
@@ -327,10 +332,11 @@ def context_limit(model) -> int | None:
 
 
 def window_request(row: tuple[list[int], int], limit: int) -> tuple[list[int], int]:
-    """A (tokens, first_target) request cut to its last `limit` tokens: what a model that reads
-    only its last window sees (the targets are kept whole)."""
+    """A (tokens, first_target) request cut to its last `limit` + 1 tokens: a model that reads
+    only its last `limit` tokens predicts the last target from them (as lm-eval cuts a request
+    to a model's context); the targets are kept whole."""
     tokens, first_target = row
-    cut = max(len(tokens) - limit, 0)
+    cut = max(len(tokens) - limit - 1, 0)
     if first_target - cut < 1:
         raise ValueError(f"a continuation of {len(tokens) - first_target} tokens does not fit a window of {limit}")
     return tokens[cut:], first_target - cut
@@ -340,14 +346,16 @@ def retrieval_cell(model, tokenizer, rows, batch_size: int, device, autocast_dty
     """Scores of one cell's documents as their lm-eval request is scored: correct when every
     answer token is the greedy choice, with the answer's log-probability. A model with a context
     limit reads each document's last `context_limit` tokens (the floor: a window, no memory)."""
-    requests = [encode_request(tokenizer, r["context"], r["target"]) for r in rows]
+    requests = [(r["ids"], r["first_target"]) if "ids" in r else encode_request(tokenizer, r["context"], r["target"])
+                for r in rows]
     limit = context_limit(model)
     if limit is not None:
         requests = [window_request(r, limit) for r in requests]
     scored = score_tokens(model, requests, batch_size, device, autocast_dtype)
     return {"correct": [int(greedy.all()) for _, greedy in scored],
             "answer_logprob": [float(lp.sum()) for lp, _ in scored],
-            "distance": [r["distance"] for r in rows]}
+            "distance": [r["distance"] for r in rows],
+            "documents": [hashlib.sha256((r["context"] + r["target"]).encode()).hexdigest()[:12] for r in rows]}
 
 
 def retrieval_grid(model, tokenizer, evaluation, device, autocast_dtype, seed: int, progress=None) -> dict:
@@ -360,12 +368,11 @@ def retrieval_grid(model, tokenizer, evaluation, device, autocast_dtype, seed: i
     cells = []
     for family, haystack, length in evaluation.retrieval_cells():
         start = time.perf_counter()
-        rows = needle_documents(tokenizer, family, haystack, length, depths, evaluation.retrieval_docs, seed,
-                                evaluation.needle_gap)
-        for depth in map(str, depths):
-            chosen = [r for r in rows if r["depth"] == depth]
-            cells.append({"family": family, "haystack": haystack, "length": length, "depth": depth,
-                          **retrieval_cell(model, tokenizer, chosen, evaluation.batch_size, device, autocast_dtype)})
+        for depth in depths:   # one depth's documents at a time: a million-token document's ids are large
+            rows = needle_documents(tokenizer, family, haystack, length, [depth], evaluation.retrieval_docs, seed,
+                                    evaluation.needle_gap, with_ids=True)
+            cells.append({"family": family, "haystack": haystack, "length": length, "depth": str(depth),
+                          **retrieval_cell(model, tokenizer, rows, evaluation.batch_size, device, autocast_dtype)})
         if progress:
             progress((family, haystack, length), time.perf_counter() - start)
     limit = context_limit(model)

@@ -389,18 +389,24 @@ def _length_label(n: int) -> str:
 
 
 FAMILY_TEXT = {  # what a document asks, and the accuracy of guessing among its needles' answers
-    "single": ("one pass key among distractor numbers", "about 0 (a five-digit key)"),
-    "multikey": ("the pass key of one of four named keys", "1/4 (one of the document's keys)"),
-    "multivalue": ("all three pass keys of one name, in the order stated", "1/6 (the three keys, in some order)"),
-    "multiquery": ("the pass keys of two of four names, in one answer", "1/12 (an ordered pair of its keys)"),
+    "single": ("one pass key among five-digit distractor numbers",
+               "about 0 (a five-digit key; one of the document's five-digit numbers: about 1 in 40 at 1K)"),
+    "multikey": ("the pass key of one of four named keys, stated together in random order",
+                 "1/4 (one of the document's keys; the first or last key stated: 1/4 too)"),
+    "multivalue": ("all three pass keys of one name, in the order stated",
+                   "1/6 for a model that has found the three keys (in some order), less otherwise"),
+    "multiquery": ("the pass keys of two of four names (stated together in random order), in one answer",
+                   "1/12 (an ordered pair of its keys)"),
     "vt": ("every variable bound to a value through a chain of three (a second chain is a decoy)",
            "1/120 (three of its six names, in order)"),
 }
 HAYSTACK_TEXT = {
-    "filler": "the training filler, with five-digit distractor numbers (filler sentences and decoy codes)",
-    "prose": "embedded-corpus documents (people, towns, numbers): prose, never a training haystack",
-    "heldout": "weather-log text never in any training sample (does retrieval generalise beyond the training "
-               "haystack?)",
+    "filler": "the training filler, with five-digit distractor numbers (number sentences and decoy codes)",
+    "prose": "embedded-corpus documents (people, towns, numbers) with the same distractor sentences: prose, never a "
+             "training haystack",
+    "heldout": "weather-log text never in any training sample, five-digit log numbers as distractors (does "
+               "retrieval generalise beyond the training haystack? Its words are outside the tokenizer's "
+               "vocabulary, so a sentence takes about three times the tokens of a filler sentence)",
 }
 
 
@@ -429,22 +435,27 @@ def _wilson_cell(outcomes) -> str:
     return f"{k / n:.2f} [{low:.2f}, {high:.2f}]"
 
 
-def retrieval_table(results, family, haystack):
-    """Accuracy over the scored depths per model and length [95% Wilson, n = documents x
-    depths], and the local control over every length."""
+def retrieval_table(results, family, haystack, depths=None):
+    """Accuracy per model and length [95% Wilson] over the scored depths (n = documents x
+    depths), or over `depths` (e.g. the local control)."""
     lengths = sorted({c["length"] for c in results[0]["retrieval"]["cells"]
                       if (c["family"], c["haystack"]) == (family, haystack)})
     rows = []
     for r in results:
         row = {"model": _reader(r)}
         for length in lengths:
-            row[_length_label(length)] = _wilson_cell(_cells(r, family, haystack, length, _scored_depths(r)))
-        row["local control (all lengths)"] = _wilson_cell(_cells(r, family, haystack, depths=[LOCAL]))
+            row[_length_label(length)] = _wilson_cell(_cells(r, family, haystack, length,
+                                                             depths or _scored_depths(r)))
         rows.append(row)
     return pd.DataFrame(rows), lengths
 
 
-def floor_differences(results, cells, rng) -> dict:
+def _documents(r, family, haystack, length, depths) -> list[str]:
+    return [x for c in r["retrieval"]["cells"] if (c["family"], c["haystack"], c["length"]) == (family, haystack, length)
+            and c["depth"] in depths for x in c["documents"]]
+
+
+def floor_differences(results, cells) -> dict:
     """(model, family, haystack, length) -> memory model minus the floor, paired over the scored
     documents (`stats.paired_binary`), Holm-adjusted over every comparison of the section."""
     floor = next(r for r in results if r["retrieval"]["context_limit"] is not None)
@@ -454,8 +465,11 @@ def floor_differences(results, cells, rng) -> dict:
             continue
         for family, haystack, length in cells:
             depths = _scored_depths(r)
+            if _documents(r, family, haystack, length, depths) != _documents(floor, family, haystack, length, depths):
+                raise RunsDisagree(f"runs: {r['model']} and the floor scored different {family}/{haystack}/{length} "
+                                   f"documents; rerun both with the same data seed and tokenizer")
             out[(r["model"], family, haystack, length)] = paired_binary(
-                _cells(r, family, haystack, length, depths), _cells(floor, family, haystack, length, depths), rng)
+                _cells(r, family, haystack, length, depths), _cells(floor, family, haystack, length, depths))
     for test, p in zip(out.values(), holm([t["p"] for t in out.values()])):
         test["holm_p"] = p
     return out
@@ -506,15 +520,15 @@ def plot_retrieval(results, family, haystack, plot_dir: Path, suite: str) -> Pat
     return path
 
 
-def retrieval_section(results, plot_dir: Path, suite: str, rng) -> list[str]:
+def retrieval_section(results, plot_dir: Path, suite: str) -> list[str]:
     grid = results[0]["retrieval"]
     pairs = list(dict.fromkeys((c["family"], c["haystack"]) for c in grid["cells"]))
     cells = list(dict.fromkeys((c["family"], c["haystack"], c["length"]) for c in grid["cells"]))
     has_floor = any(r["retrieval"]["context_limit"] is not None for r in results)
-    differences = floor_differences(results, cells, rng) if has_floor else {}
+    differences = floor_differences(results, cells) if has_floor else {}
     n = grid["docs_per_cell"]
     scored = [d for d in grid["depths"] if d != LOCAL]
-    lines = ["## Long-context retrieval", "",
+    lines = [f"## Long-context retrieval (seed {results[0]['seed']})", "",
              f"RULER-style needle-in-a-haystack documents (`data/needles.py`, the documents of the `infini_niah_*` "
              f"and `infini_vt_*` lm-eval tasks). {n} document(s) per cell (length x depth). Every needle the "
              f"answer depends on ends at least {grid['needle_gap']:,} tokens (two segments) before the question, "
@@ -528,16 +542,18 @@ def retrieval_section(results, plot_dir: Path, suite: str, rng) -> list[str]:
         lines += ["", "*Pythia (last N)* is the baseline reading only the last N tokens of every input (its "
                   "context): the floor of a model without memory. A needle within its window is readable "
                   "without memory, so at lengths up to N the floor reads every needle. *Difference to the floor*: "
-                  "the memory model's accuracy minus the floor's on the same documents, 95% paired bootstrap "
-                  f"interval; * = McNemar exact p < 0.05 after Holm over the {len(differences)} comparisons of this "
-                  "section. That difference is what the memory adds; an interval that holds 0 is not evidence "
-                  "that it adds nothing."]
+                  "the memory model's accuracy minus the floor's on the same documents, with Newcombe's 95% "
+                  "score interval for paired proportions; * = McNemar exact p < 0.05 after Holm over the "
+                  f"{len(differences)} comparisons of this section. That difference is what the memory adds; an "
+                  "interval that holds 0 is not evidence that it adds nothing."]
     for family, haystack in pairs:
         table, lengths = retrieval_table(results, family, haystack)
         asks, chance = FAMILY_TEXT[family]
+        local, _ = retrieval_table(results, family, haystack, [LOCAL])
         lines += ["", f"### {family}, {haystack} haystack", "",
                   f"Asks for {asks}; haystack: {HAYSTACK_TEXT[haystack]}. Guessing among the document's "
-                  f"answers: {chance}.", "", _markdown(table), ""]
+                  f"answers: {chance}.", "", _markdown(table), "",
+                  f"Local control (needles right before the question; n = {n} a length):", "", _markdown(local), ""]
         if has_floor:
             lines += ["Difference to the floor:", "",
                       _markdown(difference_table(results, differences, family, haystack, lengths)), ""]
@@ -565,13 +581,18 @@ def recall_ppl_section(results, rng) -> list[str]:
         row = {"model": _reader(r)}
         for label, (low, high) in zip(bins, edges):
             metric = _recall_metric(r, low, high)
-            ci = bootstrap_interval(metric, 1, 1, rng)
-            row[label] = f"{_with_ci(metric.value(), ci)} (n = {len(metric.numerator)})"
+            row[label] = ("— (no recall)" if metric is None else
+                          f"{_with_ci(metric.value(), bootstrap_interval(metric, 1, 1, rng))} "
+                          f"(n = {len(metric.numerator)})")
         table.append(row)
         if floor is not None and r is not floor:
             row = {"model": r["model"]}
             for label, (low, high) in zip(bins, edges):
-                t = paired_bootstrap([_recall_metric(r, low, high)], [_recall_metric(floor, low, high)], 1, 1, rng)
+                mine, theirs = _recall_metric(r, low, high), _recall_metric(floor, low, high)
+                if mine is None:
+                    row[label] = "—"
+                    continue
+                t = paired_bootstrap([mine], [theirs], 1, 1, rng)
                 row[label] = f"{t['difference']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]"
             differences.append(row)
     lines = ["## Long-document recall PPL by distance since statement", "",
@@ -802,7 +823,7 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
                   "", _markdown(differences_table(rows, reference)), ""]
     with_retrieval = [r for r in results if "retrieval" in r]
     if with_retrieval:
-        lines += retrieval_section(with_retrieval, leaderboard_dir / "plots", suite, _rng(first, "retrieval"))
+        lines += retrieval_section(with_retrieval, leaderboard_dir / "plots", suite)
     with_long = [r for r in results if "long_ppl" in r]
     if with_long:
         lines += recall_ppl_section(with_long, _rng(first, "long-ppl"))
@@ -855,11 +876,22 @@ SWEEP_METRICS = {  # file-name stem: (label, getter, digits, lower is better)
     "test-ppl": ("test PPL", lambda r: r["test"]["ppl"], 3, True),
     "recall-ppl": ("test recall-token PPL", lambda r: r["test"].get("recall_ppl"), 2, True),
     "backward-acc": ("backward acc", lambda r: r.get("reversal", {}).get("backward_acc"), 3, False),
+    "retrieval-acc": ("retrieval acc", lambda r: float(np.mean(_target(r))) if _target(r) else None, 3, False),
 }
 
 
+def _target(r, depths=None) -> list[int]:
+    """A sweep trial's retrieval outcomes (its suite's retrieval cells) at the scored depths, or
+    at `depths`."""
+    if "retrieval" not in r:
+        return []
+    depths = depths or _scored_depths(r)
+    return [x for c in r["retrieval"]["cells"] if c["depth"] in depths for x in c["correct"]]
+
+
 def sweep_table(trials, runs: dict):
-    """One row per trial; the best validation PPL per memory count (and type) in bold."""
+    """One row per trial; the best validation PPL per memory count (and type) in bold (its trial
+    name and PPL only: the other columns are not what it was chosen on)."""
     best = {}
     for t in trials:
         r = runs.get(t["trial"])
@@ -876,11 +908,18 @@ def sweep_table(trials, runs: dict):
         row = {"trial": t["trial"], **{k: t[k] for k in ("memory_type", "num_memories", "lr") if k in t},
                "status": status}
         for label, get, digits, _ in SWEEP_METRICS.values():
-            row[label] = _fmt(get(r), digits) if r is not None else "—"
+            if label != "retrieval acc" and any(get(x) is not None for x in runs.values()):
+                row[label] = _fmt(get(r), digits) if r is not None else "—"
+        if any(_target(x) for x in runs.values()):
+            outcomes = _target(r) if r is not None else []
+            row["retrieval acc [95% Wilson]"] = (f"{_wilson_cell(outcomes)} (n = {len(outcomes)})" if outcomes
+                                                 else "—")
+            local = _target(r, [LOCAL]) if r is not None else []
+            row["local control"] = _wilson_cell(local) if local else "—"
         row["epochs run"] = r["epochs_trained"] if r is not None else "—"
         row["train time"] = f"{r['train_time_s'] / 60:.1f} min" if r is not None else "—"
         if best.get((t.get("memory_type"), t.get("num_memories"))) == t["trial"]:
-            row = {k: f"**{v}**" for k, v in row.items()}
+            row = {k: f"**{v}**" if k in ("trial", SWEEP_METRICS["val-ppl"][0]) else v for k, v in row.items()}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -892,6 +931,8 @@ def plot_sweep(trials, runs: dict, plot_dir: Path, name: str) -> list[Path]:
     types = sorted({t.get("memory_type") or "" for t in trials})
     paths = []
     for stem, (label, get, digits, lower) in SWEEP_METRICS.items():
+        if not any(get(r) is not None for r in runs.values()):
+            continue
         fig = Figure(figsize=(1.3 * len(rates) + 2.5, 0.5 * len(memories) + 1.8))
         axes = fig.subplots(1, len(types), squeeze=False)
         for ax, kind in zip(axes[0], types):
@@ -932,7 +973,16 @@ def write_sweep_leaderboard(trials, root: Path, leaderboard_dir: Path, name: str
                   f"{first['seed']}, commit `{(first.get('git_commit') or '?')[:12]}`. {len(trials)} trials, "
                   f"{len(runs)} finished, {len(failed)} failed; each row's numbers come from "
                   f"`runs/sweeps/{name}/<trial>/results.json`. Bold: the best validation PPL for each "
-                  f"memory count.", ""]
+                  f"memory count (trial name and that PPL only).", ""]
+        if "retrieval" in first:
+            cells = sorted({(c["family"], c["haystack"], c["length"]) for c in first["retrieval"]["cells"]})
+            grid = first["retrieval"]
+            lines += [f"Retrieval target: {', '.join(f'{f} on the {h} haystack at {_length_label(n)} tokens' for f, h, n in cells)}; "
+                      f"accuracy = exact match over the scored depths ({', '.join(d + '%' for d in _scored_depths(first))}, "
+                      f"{grid['docs_per_cell']} documents each; needles at least {grid['needle_gap']} tokens before the "
+                      f"question) with its 95% Wilson interval; the local control (needles right before the question) "
+                      f"apart. Guessing among the document's answers: {FAMILY_TEXT[cells[0][0]][1]}. Trials are "
+                      f"selected on nothing here: every one is shown.", ""]
     lines += [_markdown(sweep_table(trials, runs)), ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     path = leaderboard_dir / f"{name}.md"

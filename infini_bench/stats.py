@@ -17,7 +17,8 @@
   itself, exactly, against rankings that ignore it. Wilson and Newcombe intervals for
   accuracies, with n the number of facts.
 - Retrieval documents are scored by every model, so a model's difference to the floor is
-  paired per document: a paired bootstrap interval and McNemar's exact test (`paired_binary`).
+  paired per document: Newcombe's paired score interval and McNemar's exact test
+  (`paired_binary`).
 - Holm's step-down adjustment over a leaderboard's family of comparisons.
 """
 
@@ -184,14 +185,20 @@ def pairing_permutation(scores: list, candidates: list, rng: np.random.Generator
             "p": float((np.sum(null >= observed - 1e-12) + 1) / (resamples + 1))}
 
 
-def paired_binary(a, b, rng: np.random.Generator, resamples: int = RESAMPLES) -> dict:
-    """Mean of a - b for two models' 0/1 outcomes on the same items: 95% paired percentile
-    bootstrap interval (items resampled together) and McNemar's exact two-sided p (a binomial
-    test on the discordant items; 1 when there are none)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    index = rng.integers(0, len(a), (resamples, len(a)))
-    resampled = (a[index] - b[index]).mean(-1)
-    wins, losses = int(np.sum(a > b)), int(np.sum(a < b))
-    p = float(stats.binomtest(wins, wins + losses).pvalue) if wins + losses else 1.0
-    return {"difference": float((a - b).mean()), "n": len(a), "p": p,
-            "ci95": [float(np.percentile(resampled, 2.5)), float(np.percentile(resampled, 97.5))]}
+def paired_binary(a, b) -> dict:
+    """Mean of a - b for two models' 0/1 outcomes on the same items: Newcombe's (1998) score
+    interval for a difference of paired proportions (his method 10: the two Wilson intervals
+    combined with the phi correlation of the pairs; it stays informative when no item differs)
+    and McNemar's exact two-sided p (a binomial test on the discordant items; 1 if none)."""
+    a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
+    n = len(a)
+    both, only_a, only_b = int(np.sum(a & b)), int(np.sum(a & ~b & 1)), int(np.sum(~a & 1 & b))
+    neither = n - both - only_a - only_b
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    (l1, u1), (l2, u2) = wilson(p1, n), wilson(p2, n)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (only_a + neither)
+    phi = (both * neither - only_a * only_b) / np.sqrt(margins) if margins else 0.0
+    below = np.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    above = np.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    p = float(stats.binomtest(only_a, only_a + only_b).pvalue) if only_a + only_b else 1.0
+    return {"difference": p1 - p2, "n": n, "p": p, "ci95": [float(p1 - p2 - below), float(p1 - p2 + above)]}

@@ -179,7 +179,8 @@ def test_recall_ppl_through_the_memory_and_through_a_window():
             model.config.max_position_embeddings = 1000
         out = recall_ppl(model, tokens, spans, (0, 1000, 2000), 2, "cpu")
         for (start, end, _), recall in zip(spans, out["recalls"]):
-            window = tokens[:end] if memory_type == "single" else tokens[max(0, end - 1000):end]
+            # The floor predicts the last recall token from the 1,000 tokens before it (lm-eval's window).
+            window = tokens[:end] if memory_type == "single" else tokens[max(0, end - 1001):end]
             offset = end - len(window)
             with torch.no_grad():
                 logits = torch.log_softmax(model(torch.tensor([window])).logits[0].double(), -1)

@@ -41,9 +41,10 @@ def test_leaderboard_has_retrieval_tables_heatmaps_and_recall_ppl(long_smoke):
         png = long_smoke / "leaderboard" / "plots" / f"long-smoke-retrieval-{family}-{haystack}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in text
     table = table_rows(text, "multikey, filler haystack")
-    assert table.pop("model") == ["256", "1K", "local control (all lengths)"]
+    assert table.pop("model") == ["256", "1K"]
     assert list(table) == ["Pythia (last 128)", "Single Memory", "Hierarchical (4)"]
     assert all(re.fullmatch(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]", v) for row in table.values() for v in row)
+    assert "Local control (needles right before the question; n = 2 a length)" in text
 
 
 def test_every_model_scores_every_cell_and_the_baseline_is_the_floor(long_smoke):
@@ -55,7 +56,7 @@ def test_every_model_scores_every_cell_and_the_baseline_is_the_floor(long_smoke)
         assert set(cells) == {(*cell, d) for cell in GRID for d in grid["depths"]}
         for (_, _, _, depth), c in cells.items():
             assert len(c["correct"]) == 2 and set(c["correct"]) <= {0, 1} and all(v < 0 for v in c["answer_logprob"])
-            assert all(d >= 128 for d in c["distance"]) if depth != "local" else c["distance"] == [0, 0]
+            assert all(d >= 128 if depth != "local" else d < 64 for d in c["distance"])
         long = results(long_smoke, slug)["long_ppl"]
         assert long["tokens"] == 4096 and set(long["recall_ppl"]) == {"0-256", "256-1024", "1024-4096"}
         assert all(math.isfinite(v) for v in long["recall_ppl"].values())
@@ -105,9 +106,11 @@ def test_suite_retrieval_equals_the_lm_eval_task(long_smoke, tmp_path):
 
 def test_hf_model_runs_the_tasks_on_the_baseline_run_dir(long_smoke, tmp_path):
     """`--model hf` on the baseline's run directory (a plain GPT-NeoX checkpoint): lm-eval cuts
-    each request to the model's context from the left, as the floor does (it keeps one more
-    context token), so it scores the suite's floor."""
+    each request to the model's context from the left, as the floor does, so it scores the
+    suite's floor, log-probabilities included."""
     task = task_results(long_smoke, tmp_path, "hf", "pythia-baseline", "infini_niah_multikey_1k")
     cells = suite_cells(long_smoke, "pythia-baseline", "multikey", 1024)
-    assert task["acc,none"] == pytest.approx((sum(cells["0"]["correct"]) + sum(cells["50"]["correct"])) / 4)
+    scored = [cells["0"], cells["50"]]
+    assert task["acc,none"] == pytest.approx(sum(sum(c["correct"]) for c in scored) / 4)
+    assert task["answer_logprob,none"] == pytest.approx(sum(sum(c["answer_logprob"]) for c in scored) / 4, rel=1e-4)
     assert task["acc_local,none"] == pytest.approx(sum(cells["local"]["correct"]) / 2)

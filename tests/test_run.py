@@ -230,7 +230,7 @@ def test_unknown_suite_lists_the_accepted_ones(capsys, tmp_path, monkeypatch):
     """Every shipped suite is listed, wherever the command runs (no ./configs here)."""
     monkeypatch.chdir(tmp_path)
     assert main(["--suite", "nope", "--output-dir", str(tmp_path / "out")]) == 2
-    assert "accepted: core, core-seq, long, long-smoke, smoke or a .yaml path" in capsys.readouterr().err
+    assert "accepted: core, core-seq, long, long-smoke, long-sweep, smoke or a .yaml path" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])

@@ -1,5 +1,7 @@
 """The leaderboard's statistics against plain computations: bootstraps, paired tests, Holm."""
 
+import math
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -115,3 +117,16 @@ def test_equal_values_have_no_spread():
     """Five seeds with the same accuracy: a half-width of exactly 0 (shown as "no spread"), not
     the 1e-17 that np.std gives for equal floats (which printed as ± 0.00000000)."""
     assert mean_ci([3 / 33] * 5) == (3 / 33, 0.0, 5)
+
+
+def test_paired_binary_is_newcombes_method_10_and_never_degenerate():
+    from infini_bench.stats import paired_binary
+
+    # Newcombe (1998), Stat Med 17:2635, the example with 36 / 12 / 2 / 0 pairs: 0.0569 to 0.3404.
+    a, b = [1] * 48 + [0] * 2, [1] * 36 + [0] * 12 + [1] * 2
+    out = paired_binary(a, b)
+    assert out["difference"] == pytest.approx(0.2) and out["ci95"] == pytest.approx([0.0569, 0.3404], abs=5e-4)
+    assert out["p"] == pytest.approx(2 * sum(math.comb(14, k) for k in range(0, 3)) / 2 ** 14)
+    for same in ([0] * 40, [1] * 40):   # no item differs: an interval around 0, not [0, 0]
+        out = paired_binary(same, same)
+        assert out["p"] == 1.0 and out["ci95"][0] < -0.05 and out["ci95"][1] > 0.05

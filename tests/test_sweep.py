@@ -51,6 +51,8 @@ def test_one_row_per_trial_with_the_trials_own_numbers(smoke_sweep):
         assert recorded["run"]["training"]["lr"] == t["lr"] and recorded["model"]["num_memories"] == t["num_memories"]
         row = rows[t["trial"]]
         assert f"{results['best_val_ppl']:.3f}" in row and f"{results['test']['ppl']:.3f}" in row and f"{results['reversal']['backward_acc']:.3f}" in row
+        scored = [x for c in results["retrieval"]["cells"] if c["depth"] != "local" for x in c["correct"]]
+        assert len(scored) == 6 and f"{sum(scored) / 6:.2f} [" in row and "(n = 6)" in row
         # Every epoch was reported to Tune with the trial's own validation PPL.
         epochs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
         (tune_dir,) = (root / "tune").glob(f"{t['trial']}*")
@@ -60,7 +62,8 @@ def test_one_row_per_trial_with_the_trials_own_numbers(smoke_sweep):
             best[t["num_memories"]] = (t["trial"], results["best_val_ppl"])
     for trial, _ in best.values():
         assert rows[trial].count("**") >= 2  # the best of each memory count is bold
-    for stem in ("val-ppl", "recall-ppl", "backward-acc"):
+    assert "Retrieval target: multikey on the filler haystack at 256 tokens" in text
+    for stem in ("val-ppl", "recall-ppl", "backward-acc", "retrieval-acc"):
         png = smoke_sweep / "leaderboard" / "sweeps" / "plots" / f"smoke-{stem}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in text
 

@@ -242,6 +242,7 @@ def reversal_samples(facts, tokenizer, config: DataConfig) -> list[list[int]]:
 
 
 RECALLS_PER_BIN = 128  # recalls of a fact-recall document per distance bin (fewer in a short one)
+EVENT_TOKENS = 40      # at least the tokens of a statement or a recall sentence
 
 
 def recall_document(tokenizer, length: int, seed: int, bins) -> tuple[list[int], list[tuple[int, int, int]]]:
@@ -255,11 +256,14 @@ def recall_document(tokenizer, length: int, seed: int, bins) -> tuple[list[int],
     pool = SentencePool.build(tokenizer, seed, "evaluation")
     edges = [*sorted(b for b in bins if b < length), length]
     per_bin = max(1, min(RECALLS_PER_BIN, length // (256 * (len(edges) - 1))))
-    events = []                          # (recall position, distance), planned in tokens
+    # Statements and recalls add about 30 tokens each to the planned filler positions: plan them
+    # within what is left, so that no recall is pushed past the end.
+    planned = length - per_bin * (len(edges) - 1) * 2 * EVENT_TOKENS
+    events = []                          # (recall position, distance), planned in filler tokens
     for low, high in zip(edges, edges[1:]):
         for _ in range(per_bin):
-            distance = int(np.exp(rng.uniform(np.log(max(low, 64)), np.log(high))))
-            events.append((rng.randrange(distance, length), distance))
+            distance = int(np.exp(rng.uniform(np.log(max(low, 64)), np.log(min(high, planned)))))
+            events.append((rng.randrange(distance, planned), distance))
     plan = sorted([(r - d, "state", i) for i, (r, d) in enumerate(events)] + [(r, "recall", i)
                                                                            for i, (r, d) in enumerate(events)])
     people = {}
@@ -279,6 +283,8 @@ def recall_document(tokenizer, length: int, seed: int, bins) -> tuple[list[int],
             answer = tokenizer(f" {number}", add_special_tokens=False)["input_ids"]
             spans.append((len(ids), len(ids) + len(answer), len(ids) - stated[i]))
             ids += answer + tokenizer(".", add_special_tokens=False)["input_ids"]
+    if len(ids) > length:
+        raise ValueError(f"evaluation.long_ppl_length: {length} tokens cannot hold {len(spans)} recalls")
     while len(ids) < length:
         ids += pool.tokens[rng.randrange(len(pool.tokens))]
-    return ids[:length], [s for s in spans if s[1] <= length]
+    return ids[:length], spans

@@ -13,10 +13,13 @@ Haystacks:
               a score here says whether retrieval generalises beyond the training haystack
 The needle(s) the answer depends on end at least `gap` tokens before the question (two
 segments: local attention cannot see them); depth d places the asked needle after d% of the
-haystack that lies before that limit. Depth LOCAL (the old depth 100%) puts the needles right
+haystack that lies before that limit. The keyed families' needles (multikey, multiquery) form
+one block in random order at that depth, so that no position (first key, last key) gives the
+answer away; the other families' later needles follow the first up to the limit. Depth LOCAL (the old depth 100%) puts the needles right
 before the question: a control that needs no memory, never averaged into a memory score.
 Every piece of text starts with a space, so with a byte-level BPE the tokens of a document are
-its pieces' tokens and lengths and distances are exact without tokenizing a million tokens.
+its pieces' tokens and lengths and distances are exact without tokenizing a million tokens (a
+pool refuses a tokenizer for which that does not hold).
 """
 
 import random
@@ -54,8 +57,9 @@ def _number_sentence(rng) -> str:
                                                number=rng.randrange(10000, 100000))
 
 
-def _heldout_sentence(rng) -> str:
-    return (f" Log {rng.randrange(100, 1000)}: gusts {rng.choice(WINDS)} at {rng.randrange(2, 60)} knots, "
+def _heldout_sentence(rng, distractor: bool) -> str:
+    log = rng.randrange(10000, 100000) if distractor else rng.randrange(100, 1000)
+    return (f" Log {log}: gusts {rng.choice(WINDS)} at {rng.randrange(2, 60)} knots, "
             f"sky {rng.choice(SKIES)}, barometer {rng.randrange(960, 1050)}.")
 
 
@@ -68,15 +72,27 @@ def _prose_sentences(rng, count) -> list[str]:
 
 
 def haystack_sentences(haystack: str, rng, count: int) -> list[str]:
-    """`count` sentences of a haystack kind, each with its leading space."""
+    """`count` sentences of a haystack kind, each with its leading space; one in DISTRACTOR_SHARE
+    of every kind holds a five-digit distractor number (a number sentence in the filler and the
+    prose, a five-digit log number in the weather log)."""
     if haystack == "filler":
         return [_number_sentence(rng) if rng.randrange(DISTRACTOR_SHARE) == 0 else " " + filler_sentence(rng)
                 for _ in range(count)]
     if haystack == "prose":
-        return _prose_sentences(rng, count)
+        return [_number_sentence(rng) if rng.randrange(DISTRACTOR_SHARE) == 0 else sentence
+                for sentence in _prose_sentences(rng, count)]
     if haystack == "heldout":
-        return [_heldout_sentence(rng) for _ in range(count)]
+        return [_heldout_sentence(rng, rng.randrange(DISTRACTOR_SHARE) == 0) for _ in range(count)]
     raise ValueError(f"haystack: unknown {haystack!r}; accepted: {', '.join(HAYSTACKS)}")
+
+
+def check_tokenizer(tokenizer, sentences):
+    """Documents are counted piece by piece: each pair of pieces must tokenize as its parts do."""
+    for a, b in zip(sentences[:64:2], sentences[1:64:2]):
+        if _encode(tokenizer, a + b) != _encode(tokenizer, a) + _encode(tokenizer, b):
+            raise ValueError(f"tokenizer: {getattr(tokenizer, 'name_or_path', '') or 'this tokenizer'} does not "
+                             f"tokenize space-led pieces independently (not a byte-level BPE), so needle distances "
+                             f"cannot be counted exactly; accepted: byte-level BPE tokenizers such as GPT-NeoX's")
 
 
 @dataclass
@@ -98,6 +114,7 @@ class SentencePool:
         sentences = haystack_sentences(haystack, stream_rng(seed, FILLER, stage, split), size)
         numbers = frozenset(w.strip(".,:") for s in sentences for w in s.split() if w.strip(".,:").isdigit()
                             and len(w.strip(".,:")) == 5)
+        check_tokenizer(tokenizer, sentences)
         return cls(sentences, tokenizer(sentences, add_special_tokens=False)["input_ids"], numbers)
 
     def draw(self, rng: random.Random, num_tokens: int) -> list[int]:
@@ -115,12 +132,14 @@ class SentencePool:
 class Needles:
     """One document's needles, question and answer: `asked` needles are the ones the answer
     depends on (the first is placed at the depth, the others after it, in order), `others`
-    are distractor needles placed anywhere before the limit."""
+    are distractor needles placed anywhere before the limit; `block`: all of them in one block
+    in random order at the depth instead."""
 
     asked: list[str]
     others: list[str]
     question: str
     answer: str
+    block: bool = False
 
 
 def _keys(rng, count, avoid) -> list[str]:
@@ -151,9 +170,9 @@ def make_needles(family: str, rng, avoid=frozenset()) -> Needles:
         keys, names = _keys(rng, NUM_KEYS, avoid), _names(rng, NUM_KEYS)
         needles = [KEYED_NEEDLE.format(name=n, key=k) for n, k in zip(names, keys)]
         if family == "multikey":
-            return Needles(needles[:1], needles[1:], KEYED_QUESTION.format(name=names[0]), f" {keys[0]}")
+            return Needles(needles[:1], needles[1:], KEYED_QUESTION.format(name=names[0]), f" {keys[0]}", True)
         return Needles(needles[:2], needles[2:], QUERY_QUESTION.format(a=names[0], b=names[1]),
-                       f" {keys[0]} and {keys[1]}")
+                       f" {keys[0]} and {keys[1]}", True)
     if family == "multivalue":
         keys, (name,) = _keys(rng, NUM_VALUES, avoid), _names(rng, 1)
         return Needles([VALUE_NEEDLE.format(name=name, key=k) for k in keys], [], VALUES_QUESTION.format(name=name),
@@ -178,10 +197,14 @@ def _place(needles: Needles, boundaries: int, limit: int, depth, rng) -> dict[in
     the first at `depth` percent of the boundaries up to `limit`, the others after it up to
     `limit`, in order; LOCAL: all at the last boundary. Distractor needles: in order, anywhere
     up to `limit`, before asked needles at the same boundary."""
+    first = boundaries if depth == LOCAL else round(limit * float(depth) / 100)
+    if needles.block:
+        block = [*needles.asked, *needles.others]
+        rng.shuffle(block)
+        return {first: block}
     if depth == LOCAL:
         asked = [boundaries] * len(needles.asked)
     else:
-        first = round(limit * float(depth) / 100)
         asked = [first, *sorted(rng.randint(first, limit) for _ in needles.asked[1:])]
     others = sorted(rng.randint(0, limit) for _ in needles.others)
     order = sorted([(b, 0, i) for i, b in enumerate(others)] + [(b, 1, i) for i, b in enumerate(asked)])
@@ -191,10 +214,13 @@ def _place(needles: Needles, boundaries: int, limit: int, depth, rng) -> dict[in
     return at
 
 
-def needle_document(tokenizer, pool: SentencePool, family: str, length: int, depth, gap: int, rng) -> dict:
-    """{context, target, distance}: the context ends with the question, the target is the answer,
-    together at most `length` tokens; every asked needle ends at least `gap` tokens before the
-    question (`distance`: the smallest such count, in tokens), except at depth LOCAL."""
+def needle_document(tokenizer, pool: SentencePool, family: str, length: int, depth, gap: int, rng,
+                    with_ids: bool = False) -> dict:
+    """{context, target, distance, needles}: the context ends with the question, the target is
+    the answer, together at most `length` tokens; every asked needle ends at least `gap` tokens
+    before the question (`distance`: the smallest such count, in tokens), except at depth LOCAL.
+    `with_ids`: also `ids` and `first_target`, the request's tokens from the pieces' (equal to
+    encoding the text: tests/test_needles.py), so that a long document is not tokenized again."""
     needles = make_needles(family, rng, pool.numbers)
     fixed = sum(len(_encode(tokenizer, t)) for t in [*needles.asked, *needles.others, needles.question,
                                                       needles.answer])
@@ -209,22 +235,26 @@ def needle_document(tokenizer, pool: SentencePool, family: str, length: int, dep
         raise ValueError(f"evaluation.needle_gap: a {length}-token {family} document cannot put {gap} tokens "
                          f"between its needles and the question")
     at = _place(needles, len(picked), limit, depth, rng)
-    pieces, position, ends = [], 0, []
+    pieces, ids, ends = [], [], []
     for boundary in range(len(picked) + 1):
         for needle in at.get(boundary, []):
             pieces.append(needle)
-            position += len(_encode(tokenizer, needle))
+            ids += _encode(tokenizer, needle)
             if needle in needles.asked:
-                ends.append(position)
+                ends.append(len(ids))
         if boundary < len(picked):
             pieces.append(pool.sentences[picked[boundary]])
-            position += sizes[boundary]
-    return {"context": "".join(pieces) + needles.question, "target": needles.answer,
-            "distance": position - max(ends), "needles": needles.asked}
+            ids += pool.tokens[picked[boundary]]
+    doc = {"context": "".join(pieces) + needles.question, "target": needles.answer,
+           "distance": len(ids) - max(ends), "needles": needles.asked}
+    if with_ids:
+        ids += _encode(tokenizer, needles.question)
+        doc.update(first_target=len(ids), ids=ids + _encode(tokenizer, needles.answer))
+    return doc
 
 
 def needle_documents(tokenizer, family: str, haystack: str, length: int, depths, docs_per_depth: int, seed: int,
-                     gap: int) -> list[dict]:
+                     gap: int, with_ids: bool = False) -> list[dict]:
     """The evaluation documents of one family, haystack and length: {context, target, family,
     haystack, length, depth (a string: a percentage or LOCAL), distance, needles} for each depth
     and document; the same for the same tokenizer, seed and gap (the lm-eval tasks and the
@@ -234,7 +264,7 @@ def needle_documents(tokenizer, family: str, haystack: str, length: int, depths,
     for depth in depths:
         for k in range(docs_per_depth):
             rng = stream_rng(seed, NEEDLE_EVAL, length, f"{family}-{haystack}-{depth}-{k}")
-            doc = needle_document(tokenizer, pool, family, length, depth, gap, rng)
+            doc = needle_document(tokenizer, pool, family, length, depth, gap, rng, with_ids)
             rows.append({**doc, "family": family, "haystack": haystack, "length": length, "depth": str(depth)})
     return rows
 

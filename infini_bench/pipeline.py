@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, set_seed
 
 from . import distributed
 from .data import default_cache_dir, prepare_data, recall_document
+from .data.needles import check_grid
 from .device import autocast_dtype
 from .evaluation import (context_limit, lm_metrics, per_sample_losses, recall_ppl, retrieval_grid, reversal_metrics,
                          sample_token_nll, warm_memory)
@@ -248,12 +249,14 @@ def reevaluate(config, data, device) -> int:
 
 
 def prepare_suite_data(config):
-    """The suite's data, and a DataBundle per curriculum stage (with the same tokenizer)."""
+    """The suite's data, and a DataBundle per curriculum stage (with the same tokenizer); the
+    retrieval grid is checked against the tokenizer before anything trains."""
     data = prepare_data(config.data, default_cache_dir())
     stages = [prepare_data(dataclasses.replace(config.data, sample_len=stage["sample_len"],
                                                num_samples=stage["num_samples"]),
                            default_cache_dir(), tokenizer=data.tokenizer)
               for stage in config.training.curriculum]
+    check_grid(data.tokenizer, config.evaluation.retrieval_cells(), config.evaluation.needle_gap, config.data.seed)
     return data, stages
 
 

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Regenerate the committed leaderboards from the checked-out commit, which they then name (run it
 # on a clean work tree; a dirty one is recorded as <commit>-dirty). CPU, 2 cores: core with 5 seeds
-# about 75 minutes, core-seq about 15. runs/ (ignored by git) keeps the run folders.
+# about 63 minutes, core-seq about 15, long about 90, the default sweep (15 trials) about 120.
+# runs/ (ignored by git) keeps the run folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" HF_DATASETS_OFFLINE="${HF_DATASETS_OFFLINE:-1}"
 python -m infini_bench.run --suite core --seeds 5 --device cpu
 python -m infini_bench.run --suite core-seq --device cpu
+python -m infini_bench.run --suite long --device cpu
+python -m infini_bench.run --suite sweep

@@ -25,9 +25,9 @@ def results(out, slug):
     return json.loads((out / "runs" / "long-smoke" / slug / "results.json").read_text())
 
 
-GRID = [("single", "filler", 256), ("single", "filler", 1024), ("single", "filler", 4096), ("single", "prose", 256),
-        ("single", "heldout", 256), ("multikey", "filler", 256), ("multikey", "filler", 1024),
-        ("multivalue", "filler", 256), ("multiquery", "filler", 256), ("vt", "filler", 256)]
+GRID = [("single", "filler", 512), ("single", "filler", 1024), ("single", "filler", 4096), ("single", "prose", 512),
+        ("single", "heldout", 512), ("multikey", "filler", 512), ("multikey", "filler", 1024),
+        ("multivalue", "filler", 512), ("multiquery", "filler", 512), ("vt", "filler", 512)]
 
 
 def test_leaderboard_has_retrieval_tables_heatmaps_and_recall_ppl(long_smoke):
@@ -41,7 +41,7 @@ def test_leaderboard_has_retrieval_tables_heatmaps_and_recall_ppl(long_smoke):
         png = long_smoke / "leaderboard" / "plots" / f"long-smoke-retrieval-{family}-{haystack}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in text
     table = table_rows(text, "multikey, filler haystack")
-    assert table.pop("model") == ["256", "1K"]
+    assert table.pop("model") == ["512", "1K"]
     assert list(table) == ["Pythia (last 128)", "Single Memory", "Hierarchical (4)"]
     assert all(re.fullmatch(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]", v) for row in table.values() for v in row)
     assert "Local control (needles right before the question; n = 2 a length)" in text

@@ -227,3 +227,11 @@ def test_a_tokenizer_that_does_not_split_at_spaces_is_refused(tokenizer):
 
     with pytest.raises(ValueError, match="^tokenizer: merging does not tokenize space-led pieces"):
         SentencePool.build(Merging(), 42, "evaluation", "filler")
+
+
+def test_a_grid_that_cannot_hold_its_gap_is_refused_before_training(tokenizer):
+    from infini_bench.data.needles import check_grid
+
+    check_grid(tokenizer, [("multikey", "filler", 1024)], 128, seed=1)
+    with pytest.raises(ValueError, match=r"^evaluation.retrieval.multikey: a 256-token multikey document cannot"):
+        check_grid(tokenizer, [("multikey", "filler", 256)], 128, seed=1)

@@ -62,7 +62,7 @@ def test_one_row_per_trial_with_the_trials_own_numbers(smoke_sweep):
             best[t["num_memories"]] = (t["trial"], results["best_val_ppl"])
     for trial, _ in best.values():
         assert rows[trial].count("**") >= 2  # the best of each memory count is bold
-    assert "Retrieval target: multikey on the filler haystack at 256 tokens" in text
+    assert "Retrieval target: multikey on the filler haystack at 512 tokens" in text
     for stem in ("val-ppl", "recall-ppl", "backward-acc", "retrieval-acc"):
         png = smoke_sweep / "leaderboard" / "sweeps" / "plots" / f"smoke-{stem}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in text

@@ -232,8 +232,9 @@ def needle_document(tokenizer, pool: SentencePool, family: str, length: int, dep
         limit -= 1
         after += sizes[limit]
     if depth != LOCAL and after < gap:
-        raise ValueError(f"evaluation.needle_gap: a {length}-token {family} document cannot put {gap} tokens "
-                         f"between its needles and the question")
+        raise ValueError(f"evaluation.retrieval.{family}: a {length}-token {family} document cannot put {gap} "
+                         f"tokens (evaluation.needle_gap, and a margin) between its needles and the question; "
+                         f"accepted: longer documents or a smaller gap")
     at = _place(needles, len(picked), limit, depth, rng)
     pieces, ids, ends = [], [], []
     for boundary in range(len(picked) + 1):
@@ -293,3 +294,17 @@ def needle_sample(tokenizer, pool: SentencePool, family: str, length: int, rng) 
             ids += pieces[boundary]
     ids += question + answer
     return ids, [0] * (length - len(answer)) + [1] * len(answer)
+
+
+CHECK_MARGIN = 64  # tokens: documents drawn at random hold about as many, give or take a sentence
+
+
+def check_grid(tokenizer, cells, gap: int, seed: int):
+    """Before training: every (family, haystack, length) of the grid can hold its needles
+    `gap` tokens (and a margin) before the question with this tokenizer (ValueError otherwise)."""
+    pools = {}
+    for family, haystack, length in cells:
+        if haystack not in pools:
+            pools[haystack] = SentencePool.build(tokenizer, seed, "evaluation", haystack)
+        needle_document(tokenizer, pools[haystack], family, length, 0, gap + CHECK_MARGIN,
+                        stream_rng(seed, NEEDLE_EVAL, length, f"{family}-{haystack}-check"))

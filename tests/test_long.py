@@ -91,17 +91,22 @@ def suite_cells(long_smoke, slug, family, length):
     return {c["depth"]: c for c in cells if (c["family"], c["haystack"], c["length"]) == (family, "filler", length)}
 
 
+def assert_task_scores_the_cells(task, cells, rel):
+    """The task's metrics equal the suite's cells (depths 0% and 50%, 2 documents each, and the
+    local control)."""
+    scored = [cells["0"], cells["50"]]
+    assert task["acc,none"] == pytest.approx(sum(sum(c["correct"]) for c in scored) / 4)
+    assert task["answer_logprob,none"] == pytest.approx(sum(sum(c["answer_logprob"]) for c in scored) / 4, rel=rel)
+    assert task["acc_local,none"] == pytest.approx(sum(cells["local"]["correct"]) / 2)
+    for depth in ("0", "50"):
+        assert task[f"acc_depth_{depth},none"] == pytest.approx(sum(cells[depth]["correct"]) / 2)
+
+
 def test_suite_retrieval_equals_the_lm_eval_task(long_smoke, tmp_path):
     """The suite's 1K single-NIAH cells are the infini_niah_single_1k task's documents (the run's
     depths, documents and gap), scored the same way."""
     task = task_results(long_smoke, tmp_path, "infini_pythia", "single-memory", "infini_niah_single_1k")
-    cells = suite_cells(long_smoke, "single-memory", "single", 1024)
-    scored = [cells["0"], cells["50"]]
-    assert task["acc,none"] == pytest.approx(sum(sum(c["correct"]) for c in scored) / 4)
-    assert task["answer_logprob,none"] == pytest.approx(sum(sum(c["answer_logprob"]) for c in scored) / 4, rel=1e-6)
-    assert task["acc_local,none"] == pytest.approx(sum(cells["local"]["correct"]) / 2)
-    for depth in ("0", "50"):
-        assert task[f"acc_depth_{depth},none"] == pytest.approx(sum(cells[depth]["correct"]) / 2)
+    assert_task_scores_the_cells(task, suite_cells(long_smoke, "single-memory", "single", 1024), rel=1e-6)
 
 
 def test_hf_model_runs_the_tasks_on_the_baseline_run_dir(long_smoke, tmp_path):
@@ -109,8 +114,4 @@ def test_hf_model_runs_the_tasks_on_the_baseline_run_dir(long_smoke, tmp_path):
     each request to the model's context from the left, as the floor does, so it scores the
     suite's floor, log-probabilities included."""
     task = task_results(long_smoke, tmp_path, "hf", "pythia-baseline", "infini_niah_multikey_1k")
-    cells = suite_cells(long_smoke, "pythia-baseline", "multikey", 1024)
-    scored = [cells["0"], cells["50"]]
-    assert task["acc,none"] == pytest.approx(sum(sum(c["correct"]) for c in scored) / 4)
-    assert task["answer_logprob,none"] == pytest.approx(sum(sum(c["answer_logprob"]) for c in scored) / 4, rel=1e-4)
-    assert task["acc_local,none"] == pytest.approx(sum(cells["local"]["correct"]) / 2)
+    assert_task_scores_the_cells(task, suite_cells(long_smoke, "pythia-baseline", "multikey", 1024), rel=1e-4)

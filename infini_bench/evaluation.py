@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .config import REFERENCE_BINS
-from .data.needles import LOCAL, needle_documents
+from .data.needles import LOCAL, SentencePool, needle_documents
 from .data.reversal import FACT_SETS, reversal_questions
 from .data.tokenizer import encode_long
 from .distributed import gather_rows, share
@@ -365,12 +365,14 @@ def retrieval_grid(model, tokenizer, evaluation, device, autocast_dtype, seed: i
     `progress(cell, seconds)` is told when each (family, haystack, length) is done."""
     device = torch.device(device)
     depths = [*evaluation.retrieval_depths, *([LOCAL] if evaluation.local_control else [])]
-    cells = []
+    cells, pools = [], {}
     for family, haystack, length in evaluation.retrieval_cells():
         start = time.perf_counter()
+        if haystack not in pools:   # each haystack's sentences tokenized once, not once per cell and depth
+            pools[haystack] = SentencePool.build(tokenizer, seed, "evaluation", haystack)
         for depth in depths:   # one depth's documents at a time: a million-token document's ids are large
             rows = needle_documents(tokenizer, family, haystack, length, [depth], evaluation.retrieval_docs, seed,
-                                    evaluation.needle_gap, with_ids=True)
+                                    evaluation.needle_gap, with_ids=True, pool=pools[haystack])
             cells.append({"family": family, "haystack": haystack, "length": length, "depth": str(depth),
                           **retrieval_cell(model, tokenizer, rows, evaluation.batch_size, device, autocast_dtype)})
         if progress:

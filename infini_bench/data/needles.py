@@ -255,12 +255,12 @@ def needle_document(tokenizer, pool: SentencePool, family: str, length: int, dep
 
 
 def needle_documents(tokenizer, family: str, haystack: str, length: int, depths, docs_per_depth: int, seed: int,
-                     gap: int, with_ids: bool = False) -> list[dict]:
+                     gap: int, with_ids: bool = False, pool: SentencePool | None = None) -> list[dict]:
     """The evaluation documents of one family, haystack and length: {context, target, family,
     haystack, length, depth (a string: a percentage or LOCAL), distance, needles} for each depth
     and document; the same for the same tokenizer, seed and gap (the lm-eval tasks and the
-    suite share them)."""
-    pool = SentencePool.build(tokenizer, seed, "evaluation", haystack)
+    suite share them); `pool`: the haystack's evaluation pool, if the caller has built it."""
+    pool = pool or SentencePool.build(tokenizer, seed, "evaluation", haystack)
     rows = []
     for depth in depths:
         for k in range(docs_per_depth):

@@ -1,13 +1,14 @@
 """Rolling log-likelihood of long documents through the memory: peak memory and speed by length.
 
-A pythia-14m-dims Infini model (single memory, Pythia's 50,304-token vocabulary, random
-weights) scores one document of each length (4K, 64K, 1M tokens) with lm-eval's
-`loglikelihood_rolling` request through the `infini_pythia` model: every token's prediction,
-the whole document through the memory. Each length runs in a fresh process so that its peak
-RSS is its own; its time is the best of REPEATS runs after a warm-up (one run at 1M, which
-takes minutes). Last line:
-    RESULT rss_1m_vs_4k=<x> tps_1m_vs_4k=<y>
-Targets: rss <= 1.2, tps >= 0.9 (memory flat and speed constant as the input grows).
+For each memory rule (`--rules`, all by default), a pythia-14m-dims Infini model (single
+memory, a 4,096-token BPE vocabulary, random weights) scores one document of each length (4K,
+64K, 1M tokens) with lm-eval's `loglikelihood_rolling` request through the `infini_pythia`
+model: every token's prediction, the whole document through the memory. Each length runs in a
+fresh process so that its peak RSS is its own; its time is the best of REPEATS runs after a
+warm-up (one run at 1M, which takes minutes). Last line, a pair per rule:
+    RESULT rss_1m_vs_4k_<rule>=<x> tps_1m_vs_4k_<rule>=<y> ...
+Targets: rss <= 1.2, tps >= 0.9 for every rule (memory flat and speed constant as the input
+grows).
 """
 
 import argparse
@@ -20,11 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from infini_bench.models.configuration_infini_pythia import MEMORY_RULES
+
 LENGTHS = {"4k": 4096, "64k": 65536, "1m": 1048576}
 REPEATS = {"4k": 3, "64k": 3, "1m": 1}  # each length's time is the best of this many runs
 
 
-def make_checkpoint(folder: Path, segment_len: int):
+def make_checkpoint(folder: Path, segment_len: int, rule: str):
     import torch
 
     from infini_bench import InfiniPythiaConfig, build_model
@@ -34,7 +37,8 @@ def make_checkpoint(folder: Path, segment_len: int):
     texts = [d["text"] for d in embedded_documents(200, seed=0)]
     tokenizer = train_bpe_tokenizer(texts, vocab_size=4096)
     torch.manual_seed(0)
-    config = InfiniPythiaConfig.from_preset("pythia-14m", memory_type="single", segment_len=segment_len)
+    config = InfiniPythiaConfig.from_preset("pythia-14m", memory_type="single", segment_len=segment_len,
+                                            memory_rule=rule)
     build_model(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
@@ -77,25 +81,30 @@ def worker(checkpoint: str, length: int, repeats: int):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--segment-len", type=int, default=256)
+    parser.add_argument("--rules", nargs="+", default=list(MEMORY_RULES), choices=MEMORY_RULES)
     parser.add_argument("--worker", nargs=3, metavar=("CHECKPOINT", "LENGTH", "REPEATS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args.worker[0], int(args.worker[1]), int(args.worker[2]))
         return
-    stats = {}
-    with tempfile.TemporaryDirectory() as folder:
-        make_checkpoint(Path(folder), args.segment_len)
-        for name, length in LENGTHS.items():
-            out = subprocess.run([sys.executable, __file__, "--worker", folder, str(length), str(REPEATS[name])],
-                                 check=True, capture_output=True, text=True)
-            stats[name] = json.loads(out.stdout.strip().splitlines()[-1])
     print(f"pythia-14m dims, single memory, segment {args.segment_len}, CPU, rolling log-likelihood")
-    print(f"{'length':<8}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'peak RSS MiB':>14}")
-    for name, s in stats.items():
-        print(f"{name:<8}{s['tokens']:>8}{s['seconds']:>10.2f}{s['tps']:>10.0f}{s['peak_rss_mib']:>14.0f}")
-    long, short = stats["1m"], stats["4k"]
-    print(f"RESULT rss_1m_vs_4k={long['peak_rss_mib'] / short['peak_rss_mib']:.3f} "
-          f"tps_1m_vs_4k={long['tps'] / short['tps']:.3f}")
+    print(f"{'rule':<12}{'length':<8}{'tokens':>8}{'seconds':>10}{'tokens/s':>10}{'peak RSS MiB':>14}")
+    ratios = []
+    for rule in args.rules:
+        stats = {}
+        with tempfile.TemporaryDirectory() as folder:
+            make_checkpoint(Path(folder), args.segment_len, rule)
+            for name, length in LENGTHS.items():
+                out = subprocess.run([sys.executable, __file__, "--worker", folder, str(length), str(REPEATS[name])],
+                                     check=True, capture_output=True, text=True)
+                stats[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        for name, s in stats.items():
+            print(f"{rule:<12}{name:<8}{s['tokens']:>8}{s['seconds']:>10.2f}{s['tps']:>10.0f}"
+                  f"{s['peak_rss_mib']:>14.0f}", flush=True)
+        long, short = stats["1m"], stats["4k"]
+        ratios.append(f"rss_1m_vs_4k_{rule}={long['peak_rss_mib'] / short['peak_rss_mib']:.3f} "
+                      f"tps_1m_vs_4k_{rule}={long['tps'] / short['tps']:.3f}")
+    print("RESULT " + " ".join(ratios))
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
     results = {
         "suite": config.suite, "model": spec.name, "slug": spec.slug, "order": spec.order,
         "memory_type": model_config.memory_type, "num_memories": model_config.num_memories,
-        "memory_scope": model_config.memory_scope, "segment_len": model_config.segment_len,
+        "memory_rule": model_config.memory_rule, "memory_scope": model_config.memory_scope, "segment_len": model_config.segment_len,
         "preset": config.preset, "device": str(device), "seed": config.training.seed,
         "parameters": parameters, "memory_bytes": memory["total_bytes"] if memory else 0,
         "best_epoch": best["epoch"], "epochs_trained": len(curve), "best_val_ppl": validation["ppl"],

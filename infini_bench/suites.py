@@ -78,7 +78,7 @@ class RunConfig:
         unknown = sorted(set(spec.overrides) - set(MODEL_KEYS))
         if unknown:
             raise ValueError(f"models.{spec.name}.{unknown[0]}: unknown key; accepted: memory_type, num_memories, "
-                             "use_delta_rule, infini_layers, segment_len, memory_scope, stream_update, "
+                             "use_delta_rule, memory_rule, infini_layers, segment_len, memory_scope, stream_update, "
                              "bptt_segments, or a GPT-NeoX config field")
         overrides = dict(spec.overrides)
         if vocab_size is not None:

@@ -22,9 +22,10 @@ def tokens(batch=2, length=32, seed=1):
 
 
 @pytest.mark.parametrize("memory_type,num_memories", [("single", 1), ("multi", 4), ("hierarchical", 4)])
-@pytest.mark.parametrize("delta_rule", [True, False])
-def test_one_call_equals_segment_by_segment_calls(memory_type, num_memories, delta_rule):
-    model = tiny(memory_type, num_memories, use_delta_rule=delta_rule)
+@pytest.mark.parametrize("delta_rule,rule", [(True, "infini"), (False, "infini"), (True, "gated_norm"),
+                                             (True, "delta_l2")])
+def test_one_call_equals_segment_by_segment_calls(memory_type, num_memories, delta_rule, rule):
+    model = tiny(memory_type, num_memories, use_delta_rule=delta_rule, memory_rule=rule)
     x = tokens(length=4 * 8)
     with torch.no_grad():
         whole = model(x).logits
@@ -99,13 +100,14 @@ def test_bptt_segments_truncates_gradient_through_memory_only():
     assert (grads[2][:16] == 0).all() and (grads[2][16:] > 0).all()
 
 
+@pytest.mark.parametrize("rule", ["infini", "gated_norm", "delta_l2"])
 @pytest.mark.parametrize("memory_type,num_memories,layers", [
     ("single", 1, [0]), ("multi", 4, [1]), ("hierarchical", 4, [0, 3])])
-def test_update_memory_equals_the_full_forward_memory(memory_type, num_memories, layers):
+def test_update_memory_equals_the_full_forward_memory(memory_type, num_memories, layers, rule):
     """update_memory runs only up to the last Infini layer, which only writes: the memory it
     leaves is the one the full forward pass leaves, from an empty or a carried memory, with or
-    without padding."""
-    model = tiny(memory_type, num_memories, infini_layers=layers)
+    without padding, under every memory rule."""
+    model = tiny(memory_type, num_memories, infini_layers=layers, memory_rule=rule)
     x, mask = tokens(length=27), torch.ones(2, 27, dtype=torch.long)
     mask[1, 20:] = 0
     with torch.no_grad():
@@ -186,6 +188,26 @@ def test_pythia_70m_sizes():
     assert state.memory.nbytes + state.norm.nbytes == 532_480
 
 
+def test_memory_rule_sizes():
+    """gated_norm adds no parameter and no state; delta_l2 adds its write-strength projection
+    (hidden x heads, no bias) and stores no normaliser; memory_info matches the tensors carried."""
+    def build(rule, memory_type="multi", n=4):
+        config = InfiniPythiaConfig.from_preset("pythia-70m", memory_type=memory_type, num_memories=n,
+                                                memory_rule=rule)
+        with torch.device("meta"):
+            model = build_model(config)
+        return model, sum(p.numel() for p in model.parameters())
+
+    (infini, infini_params), (gated, gated_params), (delta, delta_params) = (
+        build(rule) for rule in ("infini", "gated_norm", "delta_l2"))
+    assert gated_params == infini_params and delta_params - infini_params == 512 * 8
+    assert gated.memory_info() == infini.memory_info()
+    assert delta.memory_info()["bytes_per_memory"] == 8 * 64 * 64 * 4
+    for model in (infini, delta):
+        state = model.gpt_neox.empty_memory(1, device="cpu")[0]
+        assert state.memory.nbytes + state.norm.nbytes == model.memory_info()["total_bytes"]
+
+
 @pytest.mark.parametrize("memory_type,num_memories,scope", [
     ("single", 1, "sequence"), ("multi", 4, "stream"), ("hierarchical", 4, "sequence"), ("none", 1, "sequence")])
 def test_save_and_auto_load_give_identical_logits(tmp_path, monkeypatch, memory_type, num_memories, scope):
@@ -259,6 +281,9 @@ def test_infini_layers_all():
     (dict(hidden_size=130), "hidden_size"),
     (dict(bptt_segments=-1), "bptt_segments"),
     (dict(bptt_segments=1.5), "bptt_segments"),
+    (dict(memory_rule="armt"), "memory_rule"),
+    (dict(memory_rule="delta_l2", use_delta_rule=False), "use_delta_rule"),
+    (dict(memory_rule="gated_norm", memory_scope="stream", stream_update="reference"), "stream_update"),
 ])
 def test_config_rejects_bad_values(overrides, field):
     with pytest.raises(ValueError, match=f"^{field}:"):

@@ -7,6 +7,7 @@ from transformers import GPTNeoXConfig
 MEMORY_TYPES = ("none", "single", "multi", "hierarchical")
 MEMORY_SCOPES = ("sequence", "stream")
 STREAM_UPDATES = ("mean", "reference")
+MEMORY_RULES = ("infini", "gated_norm", "delta_l2")
 
 # Real Pythia dims (EleutherAI/pythia-*); the vocabulary size is free so that small
 # offline tokenizers can be used with the same architecture.
@@ -39,6 +40,10 @@ class InfiniPythiaConfig(GPTNeoXConfig):
         plus their sum as a coarse memory, mixed by a learned expansion gate).
     num_memories: N for multi / hierarchical; 1 for single.
     use_delta_rule: write V - retrieve(K) instead of V.
+    memory_rule: how the memory is written and read (models/memory.py): "infini" (the paper),
+        "gated_norm" (ARMT's normaliser update: z stops growing for keys already stored) or
+        "delta_l2" (DeltaNet: L2-normalised SiLU features, no normaliser, token-by-token delta
+        writes with a learned per-head strength; always a delta rule).
     infini_layers: layer indices that are Infini layers, or "all" (the Infini-attention paper).
     segment_len: inputs are processed in segments of this many tokens; positions restart
         in each segment and the memory carries what came before.
@@ -57,6 +62,7 @@ class InfiniPythiaConfig(GPTNeoXConfig):
     memory_type: str = "single"
     num_memories: int = 1
     use_delta_rule: bool = True
+    memory_rule: str = "infini"
     infini_layers: list | str = field(default_factory=lambda: [0])
     segment_len: int = 256
     memory_scope: str = "sequence"
@@ -73,6 +79,7 @@ class InfiniPythiaConfig(GPTNeoXConfig):
         _choice("memory_type", self.memory_type, MEMORY_TYPES)
         _choice("memory_scope", self.memory_scope, MEMORY_SCOPES)
         _choice("stream_update", self.stream_update, STREAM_UPDATES)
+        _choice("memory_rule", self.memory_rule, MEMORY_RULES)
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
             _positive_int(name, getattr(self, name))
         _positive_int("num_memories", self.num_memories)
@@ -96,6 +103,10 @@ class InfiniPythiaConfig(GPTNeoXConfig):
             raise ValueError(f"hidden_size: hierarchical memory needs at least 4, got {self.hidden_size}")
         if self.stream_update == "reference" and self.memory_scope != "stream":
             raise ValueError("stream_update: 'reference' is accepted only with memory_scope 'stream'")
+        if self.stream_update == "reference" and self.memory_rule != "infini":
+            raise ValueError("stream_update: 'reference' is accepted only with memory_rule 'infini'")
+        if self.memory_rule == "delta_l2" and not self.use_delta_rule:
+            raise ValueError("use_delta_rule: memory_rule 'delta_l2' always writes with the delta rule; set true")
         self.infini_layer_ids()
 
     def infini_layer_ids(self) -> list[int]:
@@ -119,6 +130,11 @@ class InfiniPythiaConfig(GPTNeoXConfig):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    @property
+    def stores_normaliser(self) -> bool:
+        """Whether the memory keeps a normaliser z next to M (every rule but delta_l2)."""
+        return self.memory_rule != "delta_l2"
+
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "InfiniPythiaConfig":
         """Config with the real dims of a Pythia model; any field can be overridden."""
@@ -128,7 +144,7 @@ class InfiniPythiaConfig(GPTNeoXConfig):
 
     def to_gpt_neox_config(self) -> GPTNeoXConfig:
         """The plain GPT-NeoX config with the same dims (for the Pythia baseline)."""
-        own = {"memory_type", "num_memories", "use_delta_rule", "infini_layers", "segment_len",
+        own = {"memory_type", "num_memories", "use_delta_rule", "memory_rule", "infini_layers", "segment_len",
                "memory_scope", "stream_update", "bptt_segments", "model_type", "architectures", "transformers_version"}
         values = {k: v for k, v in self.to_dict().items() if k not in own}
         values["use_cache"] = True

@@ -40,6 +40,9 @@ class InfiniAttention(nn.Module):
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=False)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size, bias=False)
         self.gate = nn.Parameter(torch.zeros(self.num_heads))
+        # delta_l2's write strength beta_t = sigmoid(w_h . x_t) per head, as DeltaNet's b_proj.
+        self.write_strength = (nn.Linear(config.hidden_size, self.num_heads, bias=False)
+                               if config.memory_rule == "delta_l2" else None)
         self.expansion_gate = None
         if config.memory_type == "hierarchical":
             self.expansion_gate = nn.Sequential(
@@ -54,32 +57,38 @@ class InfiniAttention(nn.Module):
 
     def _qkv(self, hidden: torch.Tensor):
         """q, k, v [B, H, T, S, d] of hidden [B, T, S, hidden], in fp32 (fp64 stays fp64): the
-        memory math runs in full precision, also under bf16 autocast."""
+        memory math runs in full precision, also under bf16 autocast; beta [B, H, T, S] for
+        delta_l2, else None."""
         b, t, s, _ = hidden.shape
         qkv = self.query_key_value(hidden).view(b, t, s, self.num_heads, 3 * self.head_dim)
         compute_dtype = torch.promote_types(qkv.dtype, torch.float32)
-        return qkv.permute(0, 3, 1, 2, 4).to(compute_dtype).chunk(3, dim=-1)
+        q, k, v = qkv.permute(0, 3, 1, 2, 4).to(compute_dtype).chunk(3, dim=-1)
+        beta = None
+        if self.write_strength is not None:
+            beta = torch.sigmoid(self.write_strength(hidden).permute(0, 3, 1, 2).to(compute_dtype))
+        return q, k, v, beta
 
     def forward(self, hidden: torch.Tensor, state: MemoryState, valid: torch.Tensor | None):
         """hidden: [B, T, S, hidden] -> ([B, T, S, hidden], state after the T segments)."""
         b, t, s, _ = hidden.shape
-        q, k, v = self._qkv(hidden)
+        q, k, v, beta = self._qkv(hidden)
         c = self.config
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             out, state = infini_attention(
                 q, k, v, state.to(dtype=q.dtype), self.gate.to(q.dtype),
                 delta_rule=c.use_delta_rule, stream_update=c.stream_update,
                 expansion_gate=self.expansion_probability if self.expansion_gate is not None else None,
-                valid=valid, bptt_segments=c.bptt_segments)
+                valid=valid, bptt_segments=c.bptt_segments, rule=c.memory_rule, beta=beta)
         out = out.permute(0, 2, 3, 1, 4).reshape(b, t, s, -1).to(hidden.dtype)
         return self.dense(out), state
 
     def update_memory(self, hidden: torch.Tensor, state: MemoryState, valid: torch.Tensor | None) -> MemoryState:
         """The state after writing hidden [B, T, S, hidden], nothing read (no queries needed)."""
-        _, k, v = self._qkv(hidden)
+        _, k, v, beta = self._qkv(hidden)
+        c = self.config
         with torch.autocast(device_type=hidden.device.type, enabled=False):
-            return update_memory(k, v, state.to(dtype=k.dtype), delta_rule=self.config.use_delta_rule,
-                                 stream_update=self.config.stream_update, valid=valid)
+            return update_memory(k, v, state.to(dtype=k.dtype), delta_rule=c.use_delta_rule,
+                                 stream_update=c.stream_update, valid=valid, rule=c.memory_rule, beta=beta)
 
 
 class InfiniLayer(nn.Module):
@@ -140,7 +149,8 @@ class InfiniPythiaModel(InfiniPythiaPreTrainedModel):
         """Empty memory: one per row, or one shared by the batch."""
         c = self.config
         return tuple(MemoryState.empty(1 if shared else batch, c.num_attention_heads, c.num_memories, c.head_dim,
-                                       device=device or self.embed_in.weight.device)
+                                       device=device or self.embed_in.weight.device,
+                                       normaliser=c.stores_normaliser)
                      for _ in c.infini_layer_ids())
 
     def forward(self, input_ids=None, attention_mask=None, memory_state: MemoryStates | None = None,
@@ -254,9 +264,9 @@ class InfiniPythiaForCausalLM(InfiniPythiaPreTrainedModel, GenerationMixin):
     def memory_info(self) -> dict:
         """Size of the memory state in bytes (fp32): per memory, and in total per sequence
         (sequence scope) or for the whole stream (stream scope). A hierarchical layer's coarse
-        memory is the sum of its fine memories and is not stored."""
+        memory is the sum of its fine memories and is not stored; delta_l2 stores no normaliser."""
         c = self.config
-        per_memory = c.num_attention_heads * (c.head_dim * c.head_dim + c.head_dim) * 4
+        per_memory = c.num_attention_heads * (c.head_dim * c.head_dim + c.head_dim * c.stores_normaliser) * 4
         layers = len(c.infini_layer_ids())
         return {"bytes_per_memory": per_memory, "num_memories": c.num_memories, "num_infini_layers": layers,
                 "total_bytes": per_memory * c.num_memories * layers, "scope": c.memory_scope}

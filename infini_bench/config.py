@@ -172,6 +172,11 @@ class EvalConfig(Section):
     needle_gap: int = NEEDLE_GAP               # at least 2 x every memory model's segment_len (checked)
     long_ppl_length: int = 0                   # a fact-recall document of this many tokens (0: none)
     long_ppl_bins: tuple = LONG_PPL_DISTANCE_BINS  # its recall tokens binned by distance since statement
+    # Memory probes (infini_bench/probes.py): single-NIAH documents of these lengths, the needle
+    # at depth 0, probe_docs of them per length, followed through every Infini layer's memory.
+    probe_lengths: tuple = ()
+    probe_haystack: str = "filler"
+    probe_docs: int = 4
 
     def check(self):
         _positive("evaluation.batch_size", self.batch_size)
@@ -192,6 +197,14 @@ class EvalConfig(Section):
                                      or 0 not in self.long_ppl_bins):
             raise ValueError(f"evaluation.long_ppl_bins: expected non-negative integers starting at 0, got "
                              f"{list(self.long_ppl_bins)}")
+        _int_list("evaluation.probe_lengths", self.probe_lengths, "lengths")
+        if self.probe_lengths and min(self.probe_lengths) < 2 * self.needle_gap:
+            raise ValueError(f"evaluation.probe_lengths: expected lengths of at least 2 x evaluation.needle_gap = "
+                             f"{2 * self.needle_gap} tokens, got {list(self.probe_lengths)}")
+        if self.probe_haystack not in HAYSTACKS:
+            raise ValueError(f"evaluation.probe_haystack: expected one of {', '.join(HAYSTACKS)}, "
+                             f"got {self.probe_haystack!r}")
+        _positive("evaluation.probe_docs", self.probe_docs)
         return self
 
     def _check_retrieval(self):
@@ -213,3 +226,7 @@ class EvalConfig(Section):
         """(family, haystack, length) of the grid, in a fixed order."""
         return [(family, haystack, length) for family in FAMILIES for haystack in HAYSTACKS
                 for length in sorted(self.retrieval.get(family, {}).get(haystack, ()))]
+
+    def probe_cells(self) -> list[tuple[str, str, int]]:
+        """(family, haystack, length) of the probed documents."""
+        return [("single", self.probe_haystack, length) for length in sorted(self.probe_lengths)]

@@ -609,6 +609,116 @@ def recall_ppl_section(results, rng) -> list[str]:
     return lines
 
 
+PROBE_COLUMNS = (  # (probe, column, the level it is read against or None)
+    ("needle_read_share", "needle's share of the read", "token_share"),
+    ("needle_norm_share", "needle's share of σ(q)·z", "token_share"),
+    ("memory_norm", "‖M_i‖ (mean over i)", None),
+    ("norm_norm", "‖z_i‖ (mean over i)", None),
+    ("selection_entropy", "selection entropy", "entropy_uniform"),
+    ("needle_weight", "weight on the needle's memories", "needle_weight_uniform"),
+    ("expansion_gate", "p (fine read)", None),
+    ("memory_gate", "g (memory vs local)", None),
+)
+
+
+def _probe_summary(values) -> tuple[float, float, int]:
+    """Mean, 95% t half-width and n over documents of one probe (a per-memory probe: its mean over memories)."""
+    return mean_ci([float(np.mean(v)) for v in values])
+
+
+def _probe_cell(values, level=None) -> str:
+    mean, half, n = _probe_summary(values)
+    cell = f"{mean:.3g} ± {half:.2g}" if half == half else f"{mean:.3g}"
+    return cell if level is None else f"{cell} ({_probe_summary(level)[0]:.3g})"
+
+
+def probes_table(results):
+    """One row per model, Infini layer and probed length: each probe's mean ± 95% t half-width
+    over the documents, and in brackets the level it is read against."""
+    rows = []
+    for r in results:
+        for length, layers in sorted(r["probes"]["lengths"].items(), key=lambda item: int(item[0])):
+            for layer, values in layers.items():
+                row = {"model": r["model"], "rule": r["probes"]["memory_rule"], "layer": layer,
+                       "length": _length_label(int(length)),
+                       "tokens written": f"{_probe_summary(values['tokens_read'])[0]:,.0f}"}
+                for probe, column, level in PROBE_COLUMNS:
+                    row[column] = (_probe_cell(values[probe], values[level] if level else None)
+                                   if probe in values else "—")
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_probes(r, plot_dir: Path, suite: str) -> Path:
+    """One model's probes against tokens written, a line per Infini layer (and memory)."""
+    lengths = sorted(r["probes"]["lengths"], key=int)
+    layers = list(r["probes"]["lengths"][lengths[0]])
+    fig = Figure(figsize=(13, 7))
+    axes = fig.subplots(2, 3).ravel()
+
+    def series(layer, probe, memory=None):
+        values = [r["probes"]["lengths"][n][layer].get(probe) for n in lengths]
+        if values[0] is None:
+            return None
+        return [float(np.mean([v if memory is None else v[memory] for v in doc])) for doc in values]
+
+    for layer in layers:
+        x = series(layer, "tokens_read")
+        for ax, probe in zip(axes[:2], ("needle_read_share", "needle_norm_share")):
+            y = series(layer, probe)
+            if y is not None:
+                line, = ax.plot(x, y, marker="o", label=f"layer {layer}")
+                ax.plot(x, series(layer, "token_share"), linestyle="--", color=line.get_color(),
+                        label=f"layer {layer}: needle's share of tokens")
+        for ax, probe in zip(axes[2:4], ("memory_norm", "norm_norm")):
+            first = r["probes"]["lengths"][lengths[0]][layer].get(probe)
+            for memory in range(len(first[0]) if first else 0):
+                ax.plot(x, series(layer, probe, memory), marker=".", label=f"layer {layer}, memory {memory}")
+        for probe, style in (("selection_entropy", "-"), ("needle_weight", ":")):
+            y = series(layer, probe)
+            if y is not None:
+                axes[4].plot(x, y, linestyle=style, marker="o", label=f"layer {layer}: {probe.replace('_', ' ')}")
+        for probe, style in (("expansion_gate", "-"), ("memory_gate", ":")):
+            y = series(layer, probe)
+            if y is not None:
+                axes[5].plot(x, y, linestyle=style, marker="o", label=f"layer {layer}: {probe.replace('_', ' ')}")
+    titles = ("needle's share of the memory read", "needle's share of σ(q)·z", "‖M_i‖", "‖z_i‖",
+              "selection over memories (nats / weight)", "gates")
+    for ax, title in zip(axes, titles):
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=9)
+        if ax.lines:
+            ax.legend(fontsize=6)
+        else:
+            ax.text(0.5, 0.5, "not part of this memory", ha="center", va="center", transform=ax.transAxes)
+    for ax in axes[:4]:
+        if ax.lines:
+            ax.set_yscale("log")
+    fig.supxlabel("tokens written before the question's segment", fontsize=9)
+    fig.suptitle(f"{suite}: memory probes, {r['model']} ({r['probes']['memory_rule']})", fontsize=10)
+    path = plot_dir / f"{suite}-probes-{r['slug']}.png"
+    _save_png(fig, path)
+    return path
+
+
+def probes_section(results, plot_dir: Path, suite: str) -> list[str]:
+    probes = results[0]["probes"]
+    plots = [plot_probes(r, plot_dir, suite) for r in results]
+    return ["## Memory probes", "",
+            f"What each memory holds at the question of single-NIAH documents ({probes['docs_per_length']} "
+            f"document(s) per length, {probes['haystack']} haystack, the needle at depth {probes['depth']}%: in the "
+            f"first segments), per Infini layer, averaged over heads (infini_bench/probes.py). *Needle's share of "
+            f"the read*: |A(ΔM)| / (|A(ΔM)| + |A(M − ΔM)|), the memory read at the question's last token split "
+            f"into the needle's association as written (ΔM: the memory's change over the needle's segments) and "
+            f"everything written since, with the read's weights fixed. *Needle's share of σ(q)·z*: its part of the "
+            f"read's normaliser (the paper's rule: about 1 / tokens written). In brackets: the needle's share of "
+            f"the tokens written (what it gets from a memory that holds every token alike), the entropy of "
+            f"uniform weights (ln N), and the uniform weight on the memories holding the needle. Mean ± half-width "
+            f"of the 95% t-interval over the documents; — = not part of this memory.", "",
+            _markdown(probes_table(results)), "",
+            *[f"![memory probes, {r['model']}](plots/{path.name})" for r, path in zip(results, plots)], ""]
+
+
 def _markdown(df):
     return df.to_markdown(index=False, disable_numparse=True)
 
@@ -827,6 +937,9 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
     with_long = [r for r in results if "long_ppl" in r]
     if with_long:
         lines += recall_ppl_section(with_long, _rng(first, "long-ppl"))
+    with_probes = [r for r in results if "probes" in r]
+    if with_probes:
+        lines += probes_section(with_probes, leaderboard_dir / "plots", suite)
     if "reversal" in results[0]:
         rev = results[0]["reversal"]
         lines += ["## Reversal curse", "",

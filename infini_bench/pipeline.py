@@ -32,6 +32,7 @@ from .io import atomic_write_json
 from .leaderboard import RunsDisagree, write_leaderboard
 from .models import build_model
 from .paths import source_commit
+from .probes import probe_memory
 from .seeds import BOOTSTRAP, stream_seed
 from .stats import Metric, block_length, bootstrap_interval
 from .training import (NonFiniteLoss, check_checkpoint, eval_batch_size, latest_checkpoint, per_process_batch, train,
@@ -190,6 +191,10 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
         document, spans = recall_document(data.tokenizer, e.long_ppl_length, config.data.seed, e.long_ppl_bins)
         extra["long_ppl"] = recall_ppl(model, document, spans, e.long_ppl_bins, e.batch_size, device, precision)
         print(f"{spec.name}: long-document recall PPL in {time.perf_counter() - start:.0f}s", flush=True)
+    if e.probe_lengths and context_limit(model) is None:
+        start = time.perf_counter()
+        extra["probes"] = probe_memory(model, data.tokenizer, e, device, precision, seed=config.data.seed)
+        print(f"{spec.name}: memory probes in {time.perf_counter() - start:.0f}s", flush=True)
     curve = [_epoch_record(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
     best = min(_last_stage(curve), key=lambda c: c["val_ppl"])
     t = config.training
@@ -256,7 +261,8 @@ def prepare_suite_data(config):
                                                num_samples=stage["num_samples"]),
                            default_cache_dir(), tokenizer=data.tokenizer)
               for stage in config.training.curriculum]
-    check_grid(data.tokenizer, config.evaluation.retrieval_cells(), config.evaluation.needle_gap, config.data.seed)
+    e = config.evaluation
+    check_grid(data.tokenizer, e.retrieval_cells() + e.probe_cells(), e.needle_gap, config.data.seed)
     return data, stages
 
 

@@ -26,6 +26,17 @@ def tiny_model(memory_type="single", num_memories=None, *, vocab: int, seed=0, *
     return build_model(config).eval()
 
 
+def needle_tokenizer(cache):
+    """The small byte-level BPE tokenizer that retrieval documents are built with in the tests,
+    trained by the real data path on a corpus that mixes every retrieval family in."""
+    from infini_bench.config import FAMILIES
+    from infini_bench.data import DataConfig, prepare_data
+
+    config = DataConfig(num_samples=60, sample_len=128, tokenizer="bpe", vocab_size=600, reversal_repeats=0,
+                        retrieval_fraction=0.2, retrieval_mix={f: 1.0 for f in FAMILIES})
+    return prepare_data(config, cache).tokenizer
+
+
 def run_cli(*args, cache, cwd=REPO, module="infini_bench.run", env=None, python=sys.executable, timeout=900):
     """Run a command-line entry point in a fresh interpreter, as a user would (`env`: extra variables)."""
     env = {**os.environ, "INFINI_BENCH_CACHE": str(cache), "PYTHONUNBUFFERED": "1", **(env or {})}

@@ -45,6 +45,16 @@ def test_leaderboard_has_retrieval_tables_heatmaps_and_recall_ppl(long_smoke):
     assert list(table) == ["Pythia (last 128)", "Single Memory", "Hierarchical (4)"]
     assert all(re.fullmatch(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]", v) for row in table.values() for v in row)
     assert "Local control (needles right before the question; n = 2 a length)" in text
+    # Memory probes: the memory models only, three lengths each, a plot each.
+    assert "## Memory probes" in text
+    probes = text.split("## Memory probes\n", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in probes.splitlines()
+            if line.startswith(("| Single Memory", "| Hierarchical (4)"))]
+    assert [(row[0], row[3]) for row in rows] == [(model, length) for model in ("Single Memory", "Hierarchical (4)")
+                                                  for length in ("512", "1K", "4K")]
+    for slug in ("single-memory", "hierarchical-4"):
+        assert (long_smoke / "leaderboard" / "plots" / f"long-smoke-probes-{slug}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "probes" not in results(long_smoke, "pythia-baseline")
 
 
 def test_every_model_scores_every_cell_and_the_baseline_is_the_floor(long_smoke):

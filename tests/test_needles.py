@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import needle_tokenizer
 from infini_bench.config import FAMILIES, HAYSTACKS, NEEDLE_GAP, EvalConfig
-from infini_bench.data import DataConfig, prepare_data, recall_document
+from infini_bench.data import recall_document
 from infini_bench.data.embedded import embedded_documents
 from infini_bench.data.needles import LOCAL, SentencePool, needle_documents, needle_sample
 from infini_bench.evaluation import encode_request, retrieval_cell
@@ -21,9 +22,7 @@ DEPTHS = (*EvalConfig().retrieval_depths, LOCAL)
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    config = DataConfig(num_samples=60, sample_len=128, tokenizer="bpe", vocab_size=600, reversal_repeats=0,
-                        retrieval_fraction=0.2, retrieval_mix={f: 1.0 for f in FAMILIES})
-    return prepare_data(config, tmp_path_factory.mktemp("cache")).tokenizer
+    return needle_tokenizer(tmp_path_factory.mktemp("cache"))
 
 
 def needle_token_distances(tokenizer, doc) -> list[int]:

@@ -220,7 +220,8 @@ def needle_document(tokenizer, pool: SentencePool, family: str, length: int, dep
     the answer, together at most `length` tokens; every asked needle ends at least `gap` tokens
     before the question (`distance`: the smallest such count, in tokens), except at depth LOCAL.
     `with_ids`: also `ids` and `first_target`, the request's tokens from the pieces' (equal to
-    encoding the text: tests/test_needles.py), so that a long document is not tokenized again."""
+    encoding the text: tests/test_needles.py), so that a long document is not tokenized again,
+    and `needle_spans`, the (start, end) token span of each asked needle."""
     needles = make_needles(family, rng, pool.numbers)
     fixed = sum(len(_encode(tokenizer, t)) for t in [*needles.asked, *needles.others, needles.question,
                                                       needles.answer])
@@ -236,21 +237,22 @@ def needle_document(tokenizer, pool: SentencePool, family: str, length: int, dep
                          f"tokens (evaluation.needle_gap, and a margin) between its needles and the question; "
                          f"accepted: longer documents or a smaller gap")
     at = _place(needles, len(picked), limit, depth, rng)
-    pieces, ids, ends = [], [], []
+    pieces, ids, spans = [], [], []
     for boundary in range(len(picked) + 1):
         for needle in at.get(boundary, []):
             pieces.append(needle)
+            start = len(ids)
             ids += _encode(tokenizer, needle)
             if needle in needles.asked:
-                ends.append(len(ids))
+                spans.append((start, len(ids)))
         if boundary < len(picked):
             pieces.append(pool.sentences[picked[boundary]])
             ids += pool.tokens[picked[boundary]]
     doc = {"context": "".join(pieces) + needles.question, "target": needles.answer,
-           "distance": len(ids) - max(ends), "needles": needles.asked}
+           "distance": len(ids) - max(end for _, end in spans), "needles": needles.asked}
     if with_ids:
         ids += _encode(tokenizer, needles.question)
-        doc.update(first_target=len(ids), ids=ids + _encode(tokenizer, needles.answer))
+        doc.update(first_target=len(ids), ids=ids + _encode(tokenizer, needles.answer), needle_spans=spans)
     return doc
 
 

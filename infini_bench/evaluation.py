@@ -34,7 +34,8 @@ def reset_memory(model):
         model.reset_memory()
 
 
-def _autocast(device, dtype):
+def autocast_context(device, dtype):
+    """Autocast to `dtype` on `device` (bf16 on CUDA), or nothing when dtype is None."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
@@ -57,7 +58,7 @@ def sample_token_nll(model, input_ids, batch_size: int, device, autocast_dtype=N
         batch = mine[start:start + batch_size]
         keep = len(batch)
         batch = (batch if keep else ids[:1]).to(device)
-        with _autocast(device, autocast_dtype):
+        with autocast_context(device, autocast_dtype):
             logits = model(batch).logits
         nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch[:, 1:],
                                                 reduction="none")
@@ -131,10 +132,10 @@ def stream_logprobs(model, tokens, first_target: int, device, autocast_dtype=Non
         last_position = min(start + len(piece), len(ids) - 1)
         keep = max(last_position - first_position, 0)
         if start + len(piece) <= first_target - 1:   # nothing to predict here: only write the memory
-            with _autocast(device, autocast_dtype):
+            with autocast_context(device, autocast_dtype):
                 state = model.update_memory(piece[None].to(device), state)
             continue
-        with _autocast(device, autocast_dtype):
+        with autocast_context(device, autocast_dtype):
             out = model(piece[None].to(device), memory_state=state,
                         logits_to_keep=max(start + len(piece) - first_position, 1))
         state, logits = out.memory_state, out.logits[0, :keep]
@@ -163,7 +164,7 @@ def greedy_generate(model, tokens, max_new_tokens: int, stop, device, autocast_d
     if not hasattr(model, "empty_memory"):
         keep = max(model.config.max_position_embeddings - max_new_tokens, 1)
         ids = torch.tensor([tokens[-keep:]], device=device)
-        with _autocast(device, autocast_dtype):
+        with autocast_context(device, autocast_dtype):
             out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=model.config.eos_token_id or 0)
         new = out[0, ids.shape[1]:].tolist()
@@ -173,11 +174,11 @@ def greedy_generate(model, tokens, max_new_tokens: int, stop, device, autocast_d
     state = model.empty_memory(1)
     for start in range(0, done, chunk_tokens(model)):
         piece = torch.tensor([tokens[start:min(start + chunk_tokens(model), done)]], device=device)
-        with _autocast(device, autocast_dtype):
+        with autocast_context(device, autocast_dtype):
             state = model.update_memory(piece, state)
     tail, new = list(tokens[done:]), []
     while len(new) < max_new_tokens:
-        with _autocast(device, autocast_dtype):
+        with autocast_context(device, autocast_dtype):
             out = model(torch.tensor([tail], device=device), memory_state=state, logits_to_keep=1)
         token = int(out.logits[0, -1].argmax())
         new.append(token)
@@ -185,7 +186,7 @@ def greedy_generate(model, tokens, max_new_tokens: int, stop, device, autocast_d
             break
         tail.append(token)
         if len(tail) > segment:
-            with _autocast(device, autocast_dtype):
+            with autocast_context(device, autocast_dtype):
                 state = model.update_memory(torch.tensor([tail[:segment]], device=device), state)
             tail = tail[segment:]
     return new
@@ -229,7 +230,7 @@ def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None, memo
         if memory is not None and width > model.config.segment_len:
             raise ValueError(f"a shared memory is read by rows of one segment only; got {width} tokens")
         state = {"memory_state": model.empty_memory(len(chunk)) if memory is None else memory} if infini else {}
-        with _autocast(device, autocast_dtype):
+        with autocast_context(device, autocast_dtype):
             logits = model(ids[:, :width - drop].to(device), attention_mask=mask[:, :width - drop].to(device),
                            **state).logits
         logprobs = torch.log_softmax(logits.float(), -1).cpu()
@@ -280,7 +281,7 @@ def warm_memory(model, input_ids, batch_size: int, device, autocast_dtype=None):
     state = model.empty_memory(1, shared=True)
     ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long)
     for start in range(0, len(ids), batch_size):
-        with _autocast(device, autocast_dtype):
+        with autocast_context(device, autocast_dtype):
             state = model.update_memory(ids[start:start + batch_size].to(device), state)
     return state
 

@@ -610,8 +610,9 @@ def recall_ppl_section(results, rng) -> list[str]:
 
 
 PROBE_COLUMNS = (  # (probe, column, the level it is read against or None)
-    ("needle_read_share", "needle's share of the read", "token_share"),
-    ("needle_norm_share", "needle's share of σ(q)·z", "token_share"),
+    ("needle_read_share", "needle's share of the read", None),
+    ("control_read_share", "control's share of the read", None),
+    ("needle_norm_share", "needle's share of σ(q)·z", "segment_share"),
     ("memory_norm", "‖M_i‖ (mean over i)", None),
     ("norm_norm", "‖z_i‖ (mean over i)", None),
     ("selection_entropy", "selection entropy", "entropy_uniform"),
@@ -628,7 +629,7 @@ def _probe_summary(values) -> tuple[float, float, int]:
 
 def _probe_cell(values, level=None) -> str:
     mean, half, n = _probe_summary(values)
-    cell = f"{mean:.3g} ± {half:.2g}" if half == half else f"{mean:.3g}"
+    cell = f"{mean:.3g}" if math.isnan(half) else f"{mean:.3g} ± {half:.2g}"
     return cell if level is None else f"{cell} ({_probe_summary(level)[0]:.3g})"
 
 
@@ -641,7 +642,7 @@ def probes_table(results):
             for layer, values in layers.items():
                 row = {"model": r["model"], "rule": r["probes"]["memory_rule"], "layer": layer,
                        "length": _length_label(int(length)),
-                       "tokens written": f"{_probe_summary(values['tokens_read'])[0]:,.0f}"}
+                       "tokens written": f"{_probe_summary(values['tokens_written'])[0]:,.0f}"}
                 for probe, column, level in PROBE_COLUMNS:
                     row[column] = (_probe_cell(values[probe], values[level] if level else None)
                                    if probe in values else "—")
@@ -663,13 +664,15 @@ def plot_probes(r, plot_dir: Path, suite: str) -> Path:
         return [float(np.mean([v if memory is None else v[memory] for v in doc])) for doc in values]
 
     for layer in layers:
-        x = series(layer, "tokens_read")
-        for ax, probe in zip(axes[:2], ("needle_read_share", "needle_norm_share")):
-            y = series(layer, probe)
-            if y is not None:
-                line, = ax.plot(x, y, marker="o", label=f"layer {layer}")
-                ax.plot(x, series(layer, "token_share"), linestyle="--", color=line.get_color(),
-                        label=f"layer {layer}: needle's share of tokens")
+        x = series(layer, "tokens_written")
+        line, = axes[0].plot(x, series(layer, "needle_read_share"), marker="o", label=f"layer {layer}: needle")
+        axes[0].plot(x, series(layer, "control_read_share"), marker="x", linestyle=":", color=line.get_color(),
+                     label=f"layer {layer}: control (haystack after the needle)")
+        y = series(layer, "needle_norm_share")
+        if y is not None:
+            line, = axes[1].plot(x, y, marker="o", label=f"layer {layer}")
+            axes[1].plot(x, series(layer, "segment_share"), linestyle="--", color=line.get_color(),
+                         label=f"layer {layer}: the needle's segments' share of tokens")
         for ax, probe in zip(axes[2:4], ("memory_norm", "norm_norm")):
             first = r["probes"]["lengths"][lengths[0]][layer].get(probe)
             for memory in range(len(first[0]) if first else 0):
@@ -695,7 +698,8 @@ def plot_probes(r, plot_dir: Path, suite: str) -> Path:
         if ax.lines:
             ax.set_yscale("log")
     fig.supxlabel("tokens written before the question's segment", fontsize=9)
-    fig.suptitle(f"{suite}: memory probes, {r['model']} ({r['probes']['memory_rule']})", fontsize=10)
+    fig.suptitle(f"{suite}: memory probes, {r['model']} ({r['probes']['memory_rule']}; seed {r['seed']}, "
+                 f"means over {r['probes']['docs_per_length']} documents)", fontsize=10)
     path = plot_dir / f"{suite}-probes-{r['slug']}.png"
     _save_png(fig, path)
     return path
@@ -705,16 +709,19 @@ def probes_section(results, plot_dir: Path, suite: str) -> list[str]:
     probes = results[0]["probes"]
     plots = [plot_probes(r, plot_dir, suite) for r in results]
     return ["## Memory probes", "",
-            f"What each memory holds at the question of single-NIAH documents ({probes['docs_per_length']} "
-            f"document(s) per length, {probes['haystack']} haystack, the needle at depth {probes['depth']}%: in the "
-            f"first segments), per Infini layer, averaged over heads (infini_bench/probes.py). *Needle's share of "
-            f"the read*: |A(ΔM)| / (|A(ΔM)| + |A(M − ΔM)|), the memory read at the question's last token split "
-            f"into the needle's association as written (ΔM: the memory's change over the needle's segments) and "
-            f"everything written since, with the read's weights fixed. *Needle's share of σ(q)·z*: its part of the "
-            f"read's normaliser (the paper's rule: about 1 / tokens written). In brackets: the needle's share of "
-            f"the tokens written (what it gets from a memory that holds every token alike), the entropy of "
-            f"uniform weights (ln N), and the uniform weight on the memories holding the needle. Mean ± half-width "
-            f"of the 95% t-interval over the documents; — = not part of this memory.", "",
+            f"What each memory holds at the question of single-NIAH documents (seed {results[0]['seed']}, "
+            f"{probes['docs_per_length']} document(s) per length, {probes['haystack']} haystack, the needle at "
+            f"depth {probes['depth']}%: in the first segments), per Infini layer, averaged over heads "
+            f"(infini_bench/probes.py). A span's *trace* is what its segments wrote, carried through every later "
+            f"write (a delta rule erases part of it). *Needle's share of the read*: |A(T)| / (|A(T)| + |A(M − T)|) "
+            f"for the needle's trace T, the memory read at the question's last token (its segment as the answer is "
+            f"scored) split with its weights fixed. *Control's share*: the same for as many haystack segments "
+            f"right after the needle's: a memory that keeps the needle better than haystack gives needle > "
+            f"control. *Needle's share of σ(q)·z*: its part of the read's normaliser in the memories holding it; "
+            f"in brackets the needle's segments' share of the tokens written, which it follows when z only adds "
+            f"(the paper's rule). Brackets of the selection columns: ln N (uniform entropy) and the uniform weight "
+            f"on the memories holding the needle. Mean ± half-width of the 95% t-interval over the n = "
+            f"{probes['docs_per_length']} documents (bracketed levels: means); — = not part of this memory.", "",
             _markdown(probes_table(results)), "",
             *[f"![memory probes, {r['model']}](plots/{path.name})" for r, path in zip(results, plots)], ""]
 

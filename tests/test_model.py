@@ -283,6 +283,7 @@ def test_infini_layers_all():
     (dict(bptt_segments=1.5), "bptt_segments"),
     (dict(memory_rule="armt"), "memory_rule"),
     (dict(memory_rule="delta_l2", use_delta_rule=False), "use_delta_rule"),
+    (dict(memory_rule="delta_l2", memory_scope="stream"), "memory_rule"),
     (dict(memory_rule="gated_norm", memory_scope="stream", stream_update="reference"), "stream_update"),
 ])
 def test_config_rejects_bad_values(overrides, field):

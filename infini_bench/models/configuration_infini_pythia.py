@@ -105,6 +105,9 @@ class InfiniPythiaConfig(GPTNeoXConfig):
             raise ValueError("stream_update: 'reference' is accepted only with memory_scope 'stream'")
         if self.stream_update == "reference" and self.memory_rule != "infini":
             raise ValueError("stream_update: 'reference' is accepted only with memory_rule 'infini'")
+        if self.memory_rule == "delta_l2" and self.memory_scope == "stream":
+            raise ValueError("memory_rule: 'delta_l2' is accepted only with memory_scope 'sequence' (a shared "
+                             "stream memory averages the batch's writes, which divides beta by the batch size)")
         if self.memory_rule == "delta_l2" and not self.use_delta_rule:
             raise ValueError("use_delta_rule: memory_rule 'delta_l2' always writes with the delta rule; set true")
         self.infini_layer_ids()

@@ -24,7 +24,9 @@ and the round robin stay as above:
                 per-head projection. Computed chunkwise: with K^ the segment's keys and
                 A = tril(K^ K^^T, -1), U = (I + diag(beta) A)^-1 diag(beta) (V - K^ M) and
                 M += K^^T U, equal to the token-by-token loop. Multi memory: relevance_i = mean
-                over positions of |q^ M_i|; hierarchical: the coarse read is q^ (mean_i M_i).
+                over positions of |q^ M_i|; hierarchical: the coarse read is q^ (mean_i M_i) (memories
+                not yet written count as zeros in the mean). Sequence scope only: a
+                shared stream memory would average the batch's writes (beta / batch size).
 
 An empty memory has M = 0 and z = 0, so its retrieval is exactly zero and its relevance is
 zero, as the reference requires, without a special case.

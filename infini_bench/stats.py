@@ -143,7 +143,8 @@ def wilson(accuracy: float, n: int) -> list[float]:
     z = stats.norm.ppf(0.975)
     centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * np.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
-    return [float(centre - half), float(centre + half)]
+    # Exactly 0 and 1 at the ends (rounding gives -1e-17 at k = 0, shown as "-0.00").
+    return [float(max(centre - half, 0.0)), float(min(centre + half, 1.0))]
 
 
 def newcombe(a: float, n_a: int, b: float, n_b: int) -> list[float]:

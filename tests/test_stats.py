@@ -84,6 +84,7 @@ def test_wilson_and_newcombe_match_their_definitions():
     for k, n in [(0, 33), (3, 33), (33, 33), (17, 40)]:
         ci = stats.binomtest(k, n).proportion_ci(method="wilson")
         assert wilson(k / n, n) == pytest.approx([ci.low, ci.high])
+    assert wilson(0.0, 20)[0] == 0.0 and wilson(1.0, 20)[1] == 1.0   # never "-0.00" in a table
     low, high = newcombe(30 / 33, 33, 3 / 33, 33)   # Newcombe (1998), method 10, from the Wilson limits
     (l1, u1), (l2, u2) = wilson(30 / 33, 33), wilson(3 / 33, 33)
     d = 27 / 33

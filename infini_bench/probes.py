@@ -129,7 +129,7 @@ def probe_document(model, doc: dict, device, autocast_dtype=None) -> dict:
                         traces[name, n] = carry_trace(traces[name, n], mk[:, :, t], v[:, :, t], state[n], c, b)
                 state[n] = write_memory(mk[:, :, t], v[:, :, t], state[n], delta_rule=c.use_delta_rule,
                                         stream_update=c.stream_update, rule=c.memory_rule, beta=b)
-    for name, (_, span_end) in spans.items():      # a span that ends at the question's segment
+    for name in spans:                             # a span that ends at the question's segment
         for n in range(len(layers)):
             traces.setdefault((name, n), state[n].memory - marks[name, n].memory)
     scored = ids[reader:reader + seg][None].to(device)   # the question's segment as the answer is scored

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the committed leaderboards from the checked-out commit, which they then name (run it
 # on a clean work tree; a dirty one is recorded as <commit>-dirty). CPU, 2 cores: core with 5 seeds
-# about 63 minutes, core-seq about 15, long about 100, the default sweep (15 trials) about 120.
+# about 63 minutes, core-seq about 15, long 131, the default sweep (15 trials) about 120.
 # runs/ (ignored by git) keeps the run folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -17,6 +17,7 @@ NEEDLE_GAP = 512                            # tokens between the needles and the
 LONG_PPL_DISTANCE_BINS = (0, 2048, 16384, 131072)  # distance since statement: <=2K, 2K-16K, 16K-128K, 128K-
 NUM_DISTRACTORS = 10                        # wrong answers ranked against each reversal answer
 STAGE_KEYS = ("sample_len", "num_samples", "max_epochs")
+STAGE_DATA_KEYS = ("retrieval_fraction", "retrieval_mix")  # optional: the data section's, for one stage
 
 
 def _check_type(where, value, expected):
@@ -129,6 +130,8 @@ class TrainConfig(Section):
     deepspeed: str | None = None   # a name under configs/deepspeed/ or a .json path
     # Length curriculum: stages {sample_len, num_samples, max_epochs} trained in order (short
     # first), each from the model the previous one left; empty: one stage on the data section.
+    # A stage may also set retrieval_fraction and retrieval_mix for its own samples (a first stage
+    # of one-segment pass-key documents teaches copying before the memory is asked to carry).
     curriculum: tuple = ()
 
     def check(self):
@@ -145,13 +148,19 @@ class TrainConfig(Section):
             raise ValueError(f"training.seed: expected a non-negative integer, got {self.seed}")
         for i, stage in enumerate(self.curriculum):
             where = f"training.curriculum[{i}]"
-            if not isinstance(stage, dict) or set(stage) != set(STAGE_KEYS):
-                raise ValueError(f"{where}: expected a mapping with exactly the keys {', '.join(STAGE_KEYS)}, "
-                                 f"got {stage!r}")
+            if (not isinstance(stage, dict) or not set(STAGE_KEYS) <= set(stage)
+                    or set(stage) - set(STAGE_KEYS) - set(STAGE_DATA_KEYS)):
+                raise ValueError(f"{where}: expected a mapping with the keys {', '.join(STAGE_KEYS)} and optionally "
+                                 f"{', '.join(STAGE_DATA_KEYS)}, got {stage!r}")
             for key in STAGE_KEYS:
                 value = stage[key]
                 if isinstance(value, bool) or not isinstance(value, int) or value < (2 if key == "sample_len" else 1):
                     raise ValueError(f"{where}.{key}: expected a positive integer, got {value!r}")
+            for key in set(stage) & set(STAGE_DATA_KEYS):
+                try:
+                    DataConfig(**{key: _check_type(f"{where}.{key}", stage[key], type(getattr(DataConfig(), key)))})
+                except ValueError as error:
+                    raise ValueError(str(error).replace(f"data.{key}", f"{where}.{key}")) from None
         return self
 
 

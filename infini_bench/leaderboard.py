@@ -400,6 +400,9 @@ FAMILY_TEXT = {  # what a document asks, and the accuracy of guessing among its 
     "vt": ("every variable bound to a value through a chain of three (a second chain is a decoy)",
            "1/120 (three of its six names, in order)"),
 }
+# The guessing level above, as a number (single: one of the ~40 five-digit numbers of a 1K document).
+FAMILY_CHANCE = {"single": 1 / 40, "multikey": 1 / 4, "multivalue": 1 / 6, "multiquery": 1 / 12, "vt": 1 / 120}
+
 HAYSTACK_TEXT = {
     "filler": "the training filler, with five-digit distractor numbers (number sentences and decoy codes)",
     "prose": "embedded-corpus documents (people, towns, numbers) with the same distractor sentences: prose, never a "
@@ -520,6 +523,36 @@ def plot_retrieval(results, family, haystack, plot_dir: Path, suite: str) -> Pat
     return path
 
 
+def learnt_locally(results, family, haystack) -> dict:
+    """Reader -> whether its local control (pooled over lengths) is above the family's guessing
+    level at the 95% Wilson lower bound; None without a local control. A model that cannot answer
+    with the needle in view cannot show what its memory carries: its misses measure the task."""
+    return {_reader(r): _above_chance(_cells(r, family, haystack, depths=[LOCAL]), family) for r in results}
+
+
+def _above_chance(outcomes, family) -> bool | None:
+    """Whether 0/1 outcomes are above the family's guessing level at the 95% Wilson lower bound."""
+    return wilson(sum(outcomes) / len(outcomes), len(outcomes))[0] > FAMILY_CHANCE[family] if outcomes else None
+
+
+def local_control_verdict(checked: dict) -> str:
+    """What a family table can show, from `learnt_locally`: a sentence, empty when every reader passed."""
+    if not checked or all(v is None for v in checked.values()):
+        return ("No local control was scored, so nothing here checks that the task was learnt: a score at "
+                "chance may mean the task, not the memory, failed.")
+    failed = [name for name, ok in checked.items() if ok is False]
+    if len(failed) == len(checked):
+        return ("**This table cannot show a memory effect.** No model's local control (needles right before "
+                "the question, pooled over lengths) is above the guessing level at its 95% Wilson lower bound: "
+                "with the needle in view they fail as well, so these scores say the task was not learnt, not how "
+                "far a memory carries. The protocol must change before they mean anything.")
+    if failed:
+        return (f"Local control at the guessing level (95% Wilson lower bound) for {', '.join(failed)}: "
+                f"{'its' if len(failed) == 1 else 'their'} scores cannot separate a memory that fails from a task "
+                f"not learnt.")
+    return ""
+
+
 def retrieval_section(results, plot_dir: Path, suite: str) -> list[str]:
     grid = results[0]["retrieval"]
     pairs = list(dict.fromkeys((c["family"], c["haystack"]) for c in grid["cells"]))
@@ -537,7 +570,17 @@ def retrieval_section(results, plot_dir: Path, suite: str) -> list[str]:
              f"(exact match), shown as the mean over the scored depths ({', '.join(d + '%' for d in scored)}; "
              f"n = {n * len(scored)} documents a length) with its 95% Wilson interval. The *local control* "
              f"puts the needles right before the question (no memory needed; the old depth 100%) and is never "
-             f"part of a memory score."]
+             f"part of a memory score: it checks that a model has learnt the task at all, and a family whose "
+             f"local control is at the guessing level (95% Wilson lower bound, pooled over lengths) for a model "
+             f"cannot show that model's memory."]
+    unusable = [f"{family}/{haystack}" for family, haystack in pairs
+                if not any(learnt_locally(results, family, haystack).values())]
+    if len(unusable) == len(pairs):
+        lines += ["", "**No table of this section can show a memory effect**: in every family and haystack the "
+                  "local control of every model is at the guessing level or was not scored (see each table)."]
+    elif unusable:
+        lines += ["", f"Tables that cannot show a memory effect (no model's local control above the guessing "
+                  f"level): {', '.join(unusable)}."]
     if has_floor:
         lines += ["", "*Pythia (last N)* is the baseline reading only the last N tokens of every input (its "
                   "context): the floor of a model without memory. A needle within its window is readable "
@@ -550,9 +593,10 @@ def retrieval_section(results, plot_dir: Path, suite: str) -> list[str]:
         table, lengths = retrieval_table(results, family, haystack)
         asks, chance = FAMILY_TEXT[family]
         local, _ = retrieval_table(results, family, haystack, [LOCAL])
+        verdict = local_control_verdict(learnt_locally(results, family, haystack))
         lines += ["", f"### {family}, {haystack} haystack", "",
                   f"Asks for {asks}; haystack: {HAYSTACK_TEXT[haystack]}. Guessing among the document's "
-                  f"answers: {chance}.", "", _markdown(table), "",
+                  f"answers: {chance}.", "", *([verdict, ""] if verdict else []), _markdown(table), "",
                   f"Local control (needles right before the question; n = {n} a length):", "", _markdown(local), ""]
         if has_floor:
             lines += ["Difference to the floor:", "",
@@ -1103,6 +1147,11 @@ def write_sweep_leaderboard(trials, root: Path, leaderboard_dir: Path, name: str
                       f"question) with its 95% Wilson interval; the local control (needles right before the question) "
                       f"apart. Guessing among the document's answers: {FAMILY_TEXT[cells[0][0]][1]}. Trials are "
                       f"selected on nothing here: every one is shown.", ""]
+            if not any(_above_chance(_target(r, [LOCAL]), cells[0][0]) for r in runs.values()):
+                lines += ["**This sweep cannot show what memory count does to retrieval.** No trial's local control "
+                          "(needles right before the question) is above the guessing level at its 95% Wilson lower "
+                          "bound: the task was not learnt, so the accuracies below measure that, not the memories.",
+                          ""]
     lines += [_markdown(sweep_table(trials, runs)), ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     path = leaderboard_dir / f"{name}.md"

@@ -23,6 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, set_seed
 
 from . import distributed
+from .config import STAGE_DATA_KEYS, DataConfig
 from .data import default_cache_dir, prepare_data, recall_document
 from .data.needles import check_grid
 from .device import autocast_dtype
@@ -253,13 +254,18 @@ def reevaluate(config, data, device) -> int:
     return 1 if mismatches else 0
 
 
+def stage_data(data: DataConfig, stage: dict) -> DataConfig:
+    """The data section as one curriculum stage sees it: its sample length and count, and its own
+    retrieval share and families where it sets them."""
+    return dataclasses.replace(data, sample_len=stage["sample_len"], num_samples=stage["num_samples"],
+                               **{key: stage[key] for key in STAGE_DATA_KEYS if key in stage})
+
+
 def prepare_suite_data(config):
     """The suite's data, and a DataBundle per curriculum stage (with the same tokenizer); the
     retrieval grid is checked against the tokenizer before anything trains."""
     data = prepare_data(config.data, default_cache_dir())
-    stages = [prepare_data(dataclasses.replace(config.data, sample_len=stage["sample_len"],
-                                               num_samples=stage["num_samples"]),
-                           default_cache_dir(), tokenizer=data.tokenizer)
+    stages = [prepare_data(stage_data(config.data, stage), default_cache_dir(), tokenizer=data.tokenizer)
               for stage in config.training.curriculum]
     e = config.evaluation
     check_grid(data.tokenizer, e.retrieval_cells() + e.probe_cells(), e.needle_gap, config.data.seed)
@@ -313,7 +319,8 @@ def preflight(config, reevaluate: bool = False):
 def describe(config, device) -> list[str]:
     """The choices of a run, as printed at its start."""
     t = config.training
-    epochs = (" -> ".join(f"{s['num_samples']} x {s['sample_len']} ({s['max_epochs']} epoch(s))"
+    epochs = (" -> ".join(f"{s['num_samples']} x {s['sample_len']} ({s['max_epochs']} epoch(s)"
+                          + "".join(f", {k} {s[k]}" for k in STAGE_DATA_KEYS if k in s) + ")"
                           for s in t.curriculum) if t.curriculum else f"up to {t.max_epochs} epochs")
     lines = [f"suite {config.suite} ({config.suite_file}) on {device}: preset {config.preset}, "
              f"data {config.data.source} ({config.data.num_samples} x {config.data.sample_len}, tokenizer "

@@ -26,6 +26,12 @@ from infini_bench.config import DataConfig, EvalConfig, TrainConfig
     (lambda: EvalConfig(retrieval={"single": {"wiki": [4096]}}), "evaluation.retrieval.single: expected a mapping"),
     (lambda: DataConfig(retrieval_mix={"single": 0}), "data.retrieval_mix: expected a mapping"),
     (lambda: TrainConfig(curriculum=({"sample_len": 64},)), "training.curriculum[0]: expected a mapping"),
+    (lambda: TrainConfig(curriculum=({"sample_len": 64, "num_samples": 8, "max_epochs": 1, "lr": 1.0},)),
+     "training.curriculum[0]: expected a mapping"),
+    (lambda: TrainConfig(curriculum=({"sample_len": 64, "num_samples": 8, "max_epochs": 1, "retrieval_fraction": 1.5},)),
+     "training.curriculum[0].retrieval_fraction: expected a number in"),
+    (lambda: TrainConfig(curriculum=({"sample_len": 64, "num_samples": 8, "max_epochs": 1, "retrieval_fraction": "x"},)),
+     "training.curriculum[0].retrieval_fraction: expected float"),
     (lambda: EvalConfig(retrieval_depths=(0, 120)), "evaluation.retrieval_depths: expected percentages"),
     (lambda: EvalConfig(position_bins=(16, 32)), "evaluation.position_bins"),
     (lambda: DataConfig().update({"sample_len": "long"}), "data.sample_len: expected int"),
@@ -43,3 +49,15 @@ def test_defaults_are_valid_and_updates_keep_types():
     grid = EvalConfig(retrieval={"vt": {"prose": [4096, 1024]}, "single": {"filler": [1024]}})
     assert grid.retrieval_cells() == [("single", "filler", 1024), ("vt", "prose", 1024), ("vt", "prose", 4096)]
     TrainConfig(), EvalConfig()
+
+
+def test_a_stage_sets_its_own_retrieval_share_and_families():
+    from infini_bench.pipeline import stage_data
+
+    data = DataConfig(retrieval_fraction=0.5, retrieval_mix={"single": 0.5, "vt": 0.5})
+    copy = stage_data(data, {"sample_len": 64, "num_samples": 8, "max_epochs": 1, "retrieval_fraction": 0.95,
+                             "retrieval_mix": {"single": 1.0}})
+    plain = stage_data(data, {"sample_len": 128, "num_samples": 16, "max_epochs": 1})
+    assert (copy.sample_len, copy.num_samples, copy.retrieval_fraction, copy.retrieval_mix) == (64, 8, 0.95,
+                                                                                               {"single": 1.0})
+    assert (plain.sample_len, plain.retrieval_fraction, plain.retrieval_mix) == (128, 0.5, data.retrieval_mix)

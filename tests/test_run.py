@@ -127,7 +127,11 @@ BAD_INPUTS = [
     (lambda t: ["--suite", write_suite(t, unknown_section={})], "suite.unknown_section: unknown key"),
     (lambda t: ["--suite", write_suite(t, **{"data.retrieval_fraction": 1.5})], "data.retrieval_fraction: expected"),
     (lambda t: ["--suite", write_suite(t, **{"training.curriculum": [{"sample_len": 64}]})],
-     "training.curriculum[0]: expected a mapping with exactly the keys sample_len, num_samples, max_epochs"),
+     "training.curriculum[0]: expected a mapping with the keys sample_len, num_samples, max_epochs and optionally "
+     "retrieval_fraction, retrieval_mix"),
+    (lambda t: ["--suite", write_suite(t, **{"training.curriculum": [
+        {"sample_len": 64, "num_samples": 8, "max_epochs": 1, "retrieval_mix": {"needle": 1.0}}]})],
+     "training.curriculum[0].retrieval_mix: expected a mapping of families"),
     (lambda t: ["--suite", write_suite(t, **{"training.curriculum": [
         {"sample_len": 64, "num_samples": 0, "max_epochs": 1}]})], "training.curriculum[0].num_samples"),
     (lambda t: ["--suite", write_suite(t, **{"training.curriculum": [

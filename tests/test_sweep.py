@@ -11,6 +11,8 @@ import time
 import pytest
 import yaml
 
+from infini_bench.stats import wilson
+
 from helpers import REPO, launcher_env, run_cli
 
 pytestmark = pytest.mark.slow  # every test here runs the command line end to end
@@ -63,6 +65,14 @@ def test_one_row_per_trial_with_the_trials_own_numbers(smoke_sweep):
     for trial, _ in best.values():
         assert rows[trial].count("**") >= 2  # the best of each memory count is bold
     assert "Retrieval target: multikey on the filler haystack at 512 tokens" in text
+    # The leaderboard says the sweep cannot show a memory-count effect exactly when no trial's local
+    # control is above the guessing level (multikey: 1/4) at its Wilson lower bound.
+    learnt = []
+    for t in trials:
+        cells = json.loads((root / t["trial"] / "results.json").read_text())["retrieval"]["cells"]
+        local = [x for c in cells if c["depth"] == "local" for x in c["correct"]]
+        learnt.append(wilson(sum(local) / len(local), len(local))[0] > 1 / 4)
+    assert ("cannot show what memory count does to retrieval" in text) == (not any(learnt))
     for stem in ("val-ppl", "recall-ppl", "backward-acc", "retrieval-acc"):
         png = smoke_sweep / "leaderboard" / "sweeps" / "plots" / f"smoke-{stem}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in text

@@ -128,10 +128,6 @@ class TrainConfig(Section):
     seed: int = 42
     logging_steps: int = 50
     deepspeed: str | None = None   # a name under configs/deepspeed/ or a .json path
-    # A model with a context limit (the Pythia baseline) trains each sample from a random start
-    # position within its context, not always from 0, so that it can answer at any position of
-    # its window (the long suite's floor reads the last 2,048 tokens of every input).
-    position_offsets: bool = False
     # Length curriculum: stages {sample_len, num_samples, max_epochs} trained in order (short
     # first), each from the model the previous one left; empty: one stage on the data section.
     # A stage may also set retrieval_fraction and retrieval_mix for its own samples (a first stage

@@ -22,7 +22,6 @@ DISTRACTORS = "distractors"        # wrong answers of each reversal question
 LONG_DOCUMENT = "long-document"    # the long-document PPL text
 TOKENIZER = "tokenizer"            # extra tokenizer training text (needles), training split only
 BOOTSTRAP = "bootstrap"            # resampling in the leaderboard's intervals
-POSITION_OFFSET = "position-offset"  # start position of a windowed model's training sample (stage: its tokens)
 
 
 def stream_seed(seed: int, purpose: str, stage=None, split=None) -> int:

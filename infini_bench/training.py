@@ -6,7 +6,6 @@ checkpoint kept. Stream-scope memory is reset at each epoch start and before eac
 """
 
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -23,36 +22,14 @@ from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 from . import distributed
 from .config import EvalConfig, TrainConfig
 from .device import autocast_dtype
-from .evaluation import context_limit, lm_metrics, reset_memory, sample_token_nll
+from .evaluation import lm_metrics, reset_memory, sample_token_nll
 from .io import append_jsonl, atomic_write_json, atomic_write_text
-from .seeds import POSITION_OFFSET, stream_seed
 
 
 def collate(features):
     """Fixed-length samples: labels are the inputs (the model shifts them)."""
     ids = torch.tensor([f["input_ids"] for f in features], dtype=torch.long)
     return {"input_ids": ids, "labels": ids.clone()}
-
-
-def position_offset(ids, limit: int, seed: int) -> int:
-    """A start position in [0, limit - len(ids)] drawn from the sample's tokens and the training
-    seed: the same sample gets the same one on every run, resumed or not."""
-    digest = hashlib.sha256(torch.as_tensor(ids, dtype=torch.int64).numpy().tobytes()).hexdigest()
-    return stream_seed(seed, POSITION_OFFSET, digest) % (limit - len(ids) + 1)
-
-
-class OffsetCollate:
-    """`collate` plus position ids that start at each sample's `position_offset` (randomised
-    positions, as Ruoss et al. 2023 train length generalisation), for a model with a context limit."""
-
-    def __init__(self, limit: int, seed: int):
-        self.limit, self.seed = limit, seed
-
-    def __call__(self, features):
-        batch = collate(features)
-        length = batch["input_ids"].shape[1]
-        starts = torch.tensor([[position_offset(f["input_ids"], self.limit, self.seed)] for f in features])
-        return {**batch, "position_ids": starts + torch.arange(length)}
 
 
 class ResetStreamMemory(TrainerCallback):
@@ -165,7 +142,6 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
-    limit = context_limit(model)
     epoch_log = run_dir / "metrics.jsonl"
     checkpoint = latest_checkpoint(run_dir / "trainer") if resume else None
     distributed.barrier()  # every process has picked the checkpoint before the main one clears
@@ -182,8 +158,7 @@ def train(model, data, run_dir: Path, config: TrainConfig, eval_config: EvalConf
     logs = [EpochLog(epoch_log), TensorBoardCallback(SummaryWriter(str(run_dir / "tensorboard")))] \
         if distributed.is_main() else []
     trainer = InfiniTrainer(
-        model=model, args=args, train_dataset=data.train,
-        data_collator=(OffsetCollate(limit, config.seed) if config.position_offsets and limit is not None else collate),
+        model=model, args=args, train_dataset=data.train, data_collator=collate,
         eval_dataset=data.validation, eval_config=eval_config, eval_batch=eval_batch_size(model, config, eval_config),
         callbacks=[ResetStreamMemory(), EarlyStoppingCallback(early_stopping_patience=config.patience,
                                                               early_stopping_threshold=config.min_delta),

@@ -157,19 +157,3 @@ def test_runs_whose_configs_differ_are_not_pooled(two_seeds, tmp_path, capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: runs: Multi Memory (4) seed 43 and seed 42 differ in run.training.lr (0.001 vs 0.003)")
     assert not (tmp_path / "leaderboard" / "smoke.md").exists()
-
-
-def test_position_offsets_are_drawn_from_the_sample_and_the_seed():
-    import torch
-
-    from infini_bench.training import OffsetCollate
-
-    features = [{"input_ids": list(range(i, i + 64))} for i in range(32)]
-    batch = OffsetCollate(2048, 42)(features)
-    positions, starts = batch["position_ids"], batch["position_ids"][:, 0]
-    assert positions.shape == (32, 64) and ((positions[:, 1:] - positions[:, :-1]) == 1).all()
-    assert (starts >= 0).all() and (starts + 64 <= 2048).all() and len(set(starts.tolist())) > 16
-    assert torch.equal(OffsetCollate(2048, 42)(features)["position_ids"], positions)  # a resumed run draws the same
-    assert not torch.equal(OffsetCollate(2048, 43)(features)["position_ids"], positions)
-    assert (OffsetCollate(64, 42)(features)["position_ids"][:, 0] == 0).all()  # a full window has one start
-    assert torch.equal(batch["labels"], batch["input_ids"])

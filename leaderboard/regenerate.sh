@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Regenerate the committed leaderboards from the checked-out commit, which they then name (run it
 # on a clean work tree; a dirty one is recorded as <commit>-dirty). CPU, 2 cores: core with 5 seeds
-# about 63 minutes, core-seq about 15, long 131, the default sweep (15 trials) about 120.
+# about 63 minutes, core-seq about 15, long 131 and the default sweep (15 trials) about 120 before
+# their first (pass-key) stage was added, which adds about 8 minutes a model or trial.
 # runs/ (ignored by git) keeps the run folders.
 set -euo pipefail
 cd "$(dirname "$0")/.."

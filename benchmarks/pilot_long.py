@@ -65,8 +65,8 @@ def main():
     if args.load:  # strict=False: a rule's own parameters (delta_l2's write strength) start fresh
         print("loaded:", model.load_state_dict(torch.load(args.load), strict=False), flush=True)
     train_config = config.training
-    pools = {h: SentencePool.build(tokenizer, seed, "evaluation", h) for h in args.haystacks.split(",")}
-    pools.setdefault("filler", SentencePool.build(tokenizer, seed, "evaluation", "filler"))
+    # The haystacks scored at the end, and the filler that the running 1K score reads.
+    pools = {h: SentencePool.build(tokenizer, seed, "evaluation", h) for h in {*args.haystacks.split(","), "filler"}}
 
     def report(label):
         model.eval()

@@ -112,44 +112,51 @@ def chunk_tokens(model) -> int:
 
 
 @torch.no_grad()
-def stream_logprobs(model, tokens, first_target: int, device, autocast_dtype=None):
-    """log p(tokens[t] | tokens[:t]) for t = first_target..n-1, and whether each was the argmax,
-    for one sequence of any length: it is fed through the memory in chunks of whole segments
-    (so the result equals one call on the whole input) and logits are kept only where needed,
-    so memory use stays flat however long the input is."""
+def stream_logprobs(model, rows, device, autocast_dtype=None):
+    """For each (tokens, first_target) row of any length: log p(tokens[t] | tokens[:t]) for
+    t = first_target..n-1, and whether each was the argmax. The rows go through their memories
+    together, in chunks of whole segments, right-padded to the longest: padding comes after a
+    row's last token, so causality keeps it out of the row's predictions, and each row's result
+    equals one call on that row alone. Logits are kept only where some row needs them and chunks
+    are built as they are fed, so memory use stays flat however long the inputs are."""
     model.eval()
     chunk = chunk_tokens(model)
-    ids = torch.as_tensor(tokens, dtype=torch.long)
-    state = model.empty_memory(1)
+    firsts = [max(first_target, 1) for _, first_target in rows]
+    ends = [len(tokens) for tokens, _ in rows]
     # Results go into arrays made once: small per-chunk results kept between the chunks'
     # large temporary buffers would fragment the heap and make memory grow with the length.
-    count = max(len(ids) - max(first_target, 1), 0)
-    logprobs, greedy = np.empty(count), np.empty(count, dtype=bool)
-    for start in range(0, len(ids), chunk):
-        piece = ids[start:start + chunk]
-        # Position p predicts token p + 1; score positions first_position..last_position - 1.
-        first_position = max(first_target - 1, start)
-        last_position = min(start + len(piece), len(ids) - 1)
-        keep = max(last_position - first_position, 0)
-        if start + len(piece) <= first_target - 1:   # nothing to predict here: only write the memory
+    results = [(np.empty(max(end - first, 0)), np.empty(max(end - first, 0), dtype=bool))
+               for first, end in zip(firsts, ends)]
+    # Position p predicts token p + 1: positions min(firsts) - 1 .. max(ends) - 2 are scored.
+    first_position, stop = min(firsts) - 1, max(ends) - 1
+    state = model.empty_memory(len(rows))
+    for start in range(0, stop, chunk):
+        piece = torch.zeros((len(rows), min(chunk, max(ends) - start)), dtype=torch.long)
+        for r, (tokens, _) in enumerate(rows):
+            part = tokens[start:start + piece.shape[1]]
+            piece[r, :len(part)] = torch.as_tensor(part, dtype=torch.long)
+        end = start + piece.shape[1]
+        low = max(first_position, start)   # the chunk's first position whose logits are needed
+        if end <= low:   # nothing to predict here: only write the memory
             with autocast_context(device, autocast_dtype):
-                state = model.update_memory(piece[None].to(device), state)
+                state = model.update_memory(piece.to(device), state)
             continue
         with autocast_context(device, autocast_dtype):
-            out = model(piece[None].to(device), memory_state=state,
-                        logits_to_keep=max(start + len(piece) - first_position, 1))
-        state, logits = out.memory_state, out.logits[0, :keep]
+            out = model(piece.to(device), memory_state=state, logits_to_keep=end - low)
+        state, logits = out.memory_state, out.logits
         del out  # the last chunk's logits are gone before the next chunk's are made
-        for row in range(0, keep, SCORE_ROWS):  # log-softmax some rows at a time: smaller buffers
-            block = logits[row:row + SCORE_ROWS].float()
-            at = first_position + row
-            targets = ids[at + 1:at + 1 + len(block)].to(block.device)
-            lp = torch.log_softmax(block, -1)
-            done = at - (max(first_target, 1) - 1)
-            logprobs[done:done + len(block)] = lp.gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
-            greedy[done:done + len(block)] = (lp.argmax(-1) == targets).cpu().numpy()
+        for r, (tokens, _) in enumerate(rows):
+            logprobs, greedy = results[r]
+            for at in range(max(firsts[r] - 1, low), min(ends[r] - 1, end), SCORE_ROWS):
+                # log-softmax some positions at a time: smaller buffers
+                block = logits[r, at - low:min(at + SCORE_ROWS, ends[r] - 1, end) - low].float()
+                targets = torch.as_tensor(tokens[at + 1:at + 1 + len(block)], dtype=torch.long).to(block.device)
+                lp = torch.log_softmax(block, -1)
+                done = at - (firsts[r] - 1)
+                logprobs[done:done + len(block)] = lp.gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
+                greedy[done:done + len(block)] = (lp.argmax(-1) == targets).cpu().numpy()
         del logits
-    return logprobs, greedy
+    return results
 
 
 @torch.no_grad()
@@ -209,15 +216,20 @@ def score_tokens(model, rows, batch_size: int, device, autocast_dtype=None, memo
     # so a row may hold max_position_embeddings + 1 tokens, as lm-eval's windows do.
     drop = 0 if infini else 1
     limit = chunk_tokens(model) if infini else model.config.max_position_embeddings
-    short = []
+    short, long = [], []
     for i, (tokens, first_target) in enumerate(rows):
         if len(tokens) - drop <= limit:
             short.append(i)
         elif infini:
-            results[i] = stream_logprobs(model, tokens, first_target, device, autocast_dtype)
+            long.append(i)
         else:
             raise ValueError(f"input of {len(tokens) - drop} tokens is longer than the model's "
                              f"max_position_embeddings ({limit}); window it first")
+    long.sort(key=lambda i: -len(rows[i][0]))
+    for start in range(0, len(long), batch_size):   # long rows streamed together, similar lengths
+        batch = long[start:start + batch_size]
+        for i, result in zip(batch, stream_logprobs(model, [rows[i] for i in batch], device, autocast_dtype)):
+            results[i] = result
     short.sort(key=lambda i: -len(rows[i][0]))
     for start in range(0, len(short), batch_size):
         chunk = short[start:start + batch_size]
@@ -394,7 +406,7 @@ def recall_ppl(model, tokens, spans, bins, batch_size: int, device="cpu", autoca
     device = torch.device(device)
     limit = context_limit(model)
     if limit is None:
-        logprobs, _ = stream_logprobs(model, tokens, spans[0][0], device, autocast_dtype)
+        ((logprobs, _),) = stream_logprobs(model, [(tokens, spans[0][0])], device, autocast_dtype)
         losses = [float(-logprobs[start - spans[0][0]:end - spans[0][0]].sum()) for start, end, _ in spans]
     else:
         rows = [window_request((list(tokens[:end]), start), limit) for start, end, _ in spans]

@@ -77,7 +77,7 @@ def group_runs(results) -> dict:
         for r in runs[1:]:
             if r["config_fingerprint"] != runs[0]["config_fingerprint"]:
                 a, b = (json.loads((Path(x["dir"]) / "run_config.json").read_text()) for x in (runs[0], r))
-                field = _first_difference(a, b, skip=("run.training.seed", "fingerprint"))
+                field = _first_difference(a, b, skip=("run.training.seed", "run.output_dir", "run.models", "fingerprint"))
                 raise RunsDisagree(f"runs: {name} seed {r['seed']} and seed {runs[0]['seed']} differ in {field}; "
                                  f"runs are pooled across seeds only when their configs agree")
     first = results[0]

@@ -103,9 +103,13 @@ def stopping(curve: list[dict], max_epochs: int, min_delta: float) -> str:
 
 
 def config_fingerprint(resolved: dict, seed_aside: bool = False) -> str:
-    """Hash of a resolved run config; `seed_aside`: without the training seed (runs of one model
-    are pooled across seeds only when these agree)."""
+    """Hash of a resolved run config, without the output folder (a run directory moved or copied
+    elsewhere is still the same run) and the suite's model list (the model's own resolved config
+    is hashed; which other models were selected with --models does not change it); `seed_aside`:
+    without the training seed (runs of one model are pooled across seeds only when these agree)."""
     resolved = json.loads(json.dumps(resolved, default=str))
+    for key in ("output_dir", "models"):
+        resolved["run"].pop(key, None)
     if seed_aside:
         resolved["run"]["training"].pop("seed")
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]

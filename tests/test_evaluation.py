@@ -149,20 +149,23 @@ def test_warm_memory_is_the_carried_stream_memory():
 
 @pytest.mark.parametrize("memory_type,first", [("multi", 700), ("hierarchical", 700), ("single", 2100)])
 def test_streamed_scoring_equals_one_call(memory_type, first):
-    """Chunks before the first target only write the memory (update_memory); the scores are
-    those of one call on the whole input."""
+    """Rows of different lengths streamed together, right-padded: chunks before a row's first
+    target only write the memory (update_memory); each row's scores are those of one call on
+    that row alone."""
     from infini_bench.evaluation import chunk_tokens, stream_logprobs
 
     model = tiny(memory_type, segment_len=64)
     assert chunk_tokens(model) == 1024
-    tokens = torch.randint(0, VOCAB, (2600,), generator=torch.Generator().manual_seed(3)).tolist()
-    lp, greedy = stream_logprobs(model, tokens, first, torch.device("cpu"))
-    with torch.no_grad():
-        logits = torch.log_softmax(model(torch.tensor([tokens])).logits[0], -1)
-    expected = logits[first - 1:-1].gather(-1, torch.tensor(tokens[first:])[:, None])[:, 0]
-    assert lp.shape == (2600 - first,)
-    assert np.allclose(lp, expected.double().numpy(), atol=1e-4)
-    assert (greedy == (logits[first - 1:-1].argmax(-1) == torch.tensor(tokens[first:])).numpy()).all()
+    generator = torch.Generator().manual_seed(3)
+    rows = [(torch.randint(0, VOCAB, (n,), generator=generator).tolist(), f)
+            for n, f in ((2600, first), (2230, first + 33), (1100, 1050))]
+    for (tokens, first_target), (lp, greedy) in zip(rows, stream_logprobs(model, rows, torch.device("cpu"))):
+        with torch.no_grad():
+            logits = torch.log_softmax(model(torch.tensor([tokens])).logits[0], -1)
+        expected = logits[first_target - 1:-1].gather(-1, torch.tensor(tokens[first_target:])[:, None])[:, 0]
+        assert lp.shape == (len(tokens) - first_target,)
+        assert np.allclose(lp, expected.double().numpy(), atol=1e-4)
+        assert (greedy == (logits[first_target - 1:-1].argmax(-1) == torch.tensor(tokens[first_target:])).numpy()).all()
 
 
 def test_recall_ppl_through_the_memory_and_through_a_window():

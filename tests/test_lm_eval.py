@@ -153,7 +153,7 @@ def test_stock_rolling_and_multiple_choice_tasks(smoke, tmp_path):
     total, words = 0.0, 0
     for page in docs:  # wikitext's detokenizer leaves these pages unchanged
         ids = [tokenizer.eos_token_id] + tokenizer(page)["input_ids"]
-        total += stream_logprobs(model, ids, 1, "cpu")[0].sum()
+        total += stream_logprobs(model, [(ids, 1)], "cpu")[0][0].sum()
         words += len(re.split(r"\s+", page))
     assert results["local_wikitext"]["word_perplexity,none"] == pytest.approx(math.exp(-total / words), rel=1e-4)
     assert len(tokenizer(docs[0])["input_ids"]) > model.config.segment_len  # more than one segment

@@ -28,7 +28,8 @@ def test_wheel_in_a_fresh_virtualenv_runs_the_smoke_suite_and_a_task(tmp_path):
                            capture_output=True, text=True, check=True).stdout.strip()
     assert where.startswith(str(tmp_path / "venv")) and not where.startswith(str(REPO))
 
-    suite = run_cli("--suite", "smoke", "--output-dir", "out", cache=tmp_path / "cache", cwd=user, python=python)
+    suite = run_cli("--suite", "smoke", "--models", "single-memory", "--output-dir", "out", cache=tmp_path / "cache",
+                    cwd=user, python=python)
     assert suite.returncode == 0, suite.stderr[-3000:]
     assert f"({tmp_path / 'venv'}" in suite.stdout.splitlines()[0]  # the suite file the wheel carries
     assert (user / "out" / "leaderboard" / "smoke.md").exists()

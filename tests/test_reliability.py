@@ -75,7 +75,7 @@ def test_second_model_resumed_from_its_checkpoint(smoke, tmp_path):
     runs = out / "runs" / "smoke"
     run_until(out, cache, lambda: bool(list((runs / "pythia-baseline" / "trainer").glob(
         "checkpoint-*/trainer_state.json"))) and (runs / "pythia-baseline" / "metrics.jsonl").exists())
-    final = run_cli("--suite", "smoke", "--output-dir", str(out), cache=cache)
+    final = run_cli("--suite", "smoke", "--models", "pythia-baseline", "--output-dir", str(out), cache=cache)
     assert final.returncode == 0, final.stderr[-3000:]
     assert re.search(r"resuming from .*pythia-baseline/trainer/checkpoint-\d+ \(epoch 1\)", final.stdout)
 
@@ -100,7 +100,7 @@ def test_no_loading_path_unpickles():
 def test_two_runs_finishing_together_both_appear(smoke, tmp_path):
     reference, _ = smoke
     out, cache = tmp_path / "out", tmp_path / "cache"
-    env = {**os.environ, "INFINI_BENCH_CACHE": str(cache)}
+    env = {**os.environ, "INFINI_BENCH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}  # a core each, not 2 x 2 threads
     processes = [subprocess.Popen([sys.executable, "-m", "infini_bench.run", "--suite", "smoke", "--output-dir",
                                    str(out), "--models", slug], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, text=True)

@@ -92,9 +92,10 @@ def test_a_failing_trial_is_reported_and_the_others_finish(tmp_path):
 
 
 def test_interrupted_sweep_resumes_without_retraining_finished_trials(tmp_path):
-    # One trial at a time (2 CPUs per trial), so that the interrupt falls between finished and
-    # unfinished trials.
-    path = write_sweep(tmp_path, name="resumed", resources={"cpu": 2, "gpu": 0})
+    # Two one-epoch trials, one at a time (2 CPUs per trial), so that the interrupt falls between
+    # the finished and the unfinished trial.
+    path = write_sweep(tmp_path, name="resumed", grid={"num_memories": [1, 2], "lr": [1.0e-3]}, max_epochs=1,
+                       resources={"cpu": 2, "gpu": 0})
     env = {**os.environ, "INFINI_BENCH_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-m", "infini_bench.sweep", "--config", path, "--output-dir", str(tmp_path)]
     root = tmp_path / "runs" / "sweeps" / "resumed"
@@ -107,29 +108,32 @@ def test_interrupted_sweep_resumes_without_retraining_finished_trials(tmp_path):
     process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment state and stops
     process.communicate(timeout=300)
     done_before = {p.parent.name for p in root.glob("*/results.json")}
-    assert len(done_before) < 4
+    assert len(done_before) < 2
     result = sweep_cli("--config", path, "--output-dir", str(tmp_path), "--resume", cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     trials = json.loads((root / "trials.json").read_text())
-    assert len(trials) == 4 and all(t["error"] is None for t in trials)
+    assert len(trials) == 2 and all(t["error"] is None for t in trials)
     assert all((root / t["trial"] / "results.json").exists() for t in trials)
     for name, mtime in finished.items():  # finished trials were not retrained
         assert (root / name / "results.json").stat().st_mtime_ns == mtime
 
 
-def test_bad_sweep_files_give_one_line_errors(tmp_path):
+def test_bad_sweep_files_give_one_line_errors(tmp_path, capsys):
+    from infini_bench.sweep import main
+
     for changes, message in [({"grid": {"num_memory": [1]}}, "sweep.grid: expected a mapping of lists"),
                              ({"grid": {"lr": [-1]}}, "sweep.grid.lr: expected positive numbers"),
                              ({"suite": "nope"}, "suite: unknown 'nope'"),
                              ({"scheduler": {"type": "pbt"}}, "sweep.scheduler: expected"),
                              ({"model": {"memory_type": "dual"}}, "memory_type: expected one of")]:
-        result = sweep_cli("--config", write_sweep(tmp_path, **changes), "--output-dir", str(tmp_path / "out"),
-                           cache=tmp_path / "cache")
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
+        code = main(["--config", write_sweep(tmp_path, **changes), "--output-dir", str(tmp_path / "out")])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines
         assert not (tmp_path / "out").exists()
+    # The same through the real command line.
     result = sweep_cli("--config", "smoke", "--resume", "--output-dir", str(tmp_path / "out"), cache=tmp_path / "cache")
     assert result.returncode == 2 and "resume: no sweep 'smoke' to resume" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def ray_cli(*args, env):
@@ -138,8 +142,8 @@ def ray_cli(*args, env):
 
 def test_two_node_ray_cluster_runs_the_smoke_sweep_through_ray_address(smoke_sweep, tmp_path):
     """A head and a worker node (one CPU each) started with `ray start` on this machine;
-    launch/ray_sweep.sh with RAY_ADDRESS set runs the smoke sweep on that cluster: the trials
-    spread over both nodes and give the numbers of the local sweep."""
+    launch/ray_sweep.sh with RAY_ADDRESS set runs two trials of the smoke sweep on that cluster:
+    they spread over both nodes and give the numbers of the local sweep."""
     # Ray 2.60's `ray start --head` turns token authentication on; the worker and the driver
     # read the same token (~/.ray/auth_token) in token mode.
     env = launcher_env(tmp_path / "cache", RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token")
@@ -149,16 +153,18 @@ def test_two_node_ray_cluster_runs_the_smoke_sweep_through_ray_address(smoke_swe
         assert head.returncode == 0, head.stderr[-3000:]
         worker = ray_cli("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", env=env)
         assert worker.returncode == 0, worker.stderr[-3000:]
-        result = subprocess.run(["bash", "launch/ray_sweep.sh", "smoke", str(tmp_path)], cwd=REPO,
+        path = write_sweep(tmp_path, name="two-nodes", grid={"num_memories": [1, 2], "lr": [1.0e-3]})
+        result = subprocess.run(["bash", "launch/ray_sweep.sh", path, str(tmp_path)], cwd=REPO,
                                 env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"}, capture_output=True, text=True,
                                 timeout=900)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert f"Ray at 127.0.0.1:{port}" in result.stdout
     finally:
         ray_cli("stop", "--force", env=env)
-    trials = json.loads((tmp_path / "runs" / "sweeps" / "smoke" / "trials.json").read_text())
-    assert len({t["last_reported"]["node"] for t in trials}) == 2  # both nodes ran trials
-    local = json.loads((smoke_sweep / "runs" / "sweeps" / "smoke" / "trials.json").read_text())
-    for ours, theirs in zip(trials, local):
-        assert ours["trial"] == theirs["trial"] and ours["error"] is None
-        assert ours["last_reported"]["val_ppl"] == pytest.approx(theirs["last_reported"]["val_ppl"], rel=1e-9)
+    trials = json.loads((tmp_path / "runs" / "sweeps" / "two-nodes" / "trials.json").read_text())
+    assert len(trials) == 2 and len({t["last_reported"]["node"] for t in trials}) == 2  # both nodes ran trials
+    local = {t["trial"]: t for t in json.loads((smoke_sweep / "runs" / "sweeps" / "smoke" / "trials.json").read_text())}
+    for ours in trials:
+        assert ours["error"] is None
+        assert ours["last_reported"]["val_ppl"] == pytest.approx(local[ours["trial"]]["last_reported"]["val_ppl"],
+                                                                 rel=1e-9)

@@ -127,11 +127,11 @@ def stream_logprobs(model, rows, device, autocast_dtype=None):
     # large temporary buffers would fragment the heap and make memory grow with the length.
     results = [(np.empty(max(end - first, 0)), np.empty(max(end - first, 0), dtype=bool))
                for first, end in zip(firsts, ends)]
-    # Position p predicts token p + 1: positions min(firsts) - 1 .. max(ends) - 2 are scored.
-    first_position, stop = min(firsts) - 1, max(ends) - 1
+    # Position p predicts token p + 1: positions min(firsts) - 1 .. width - 2 are scored.
+    first_position, width = min(firsts) - 1, max(ends)
     state = model.empty_memory(len(rows))
-    for start in range(0, stop, chunk):
-        piece = torch.zeros((len(rows), min(chunk, max(ends) - start)), dtype=torch.long)
+    for start in range(0, width - 1, chunk):
+        piece = torch.zeros((len(rows), min(chunk, width - start)), dtype=torch.long)
         for r, (tokens, _) in enumerate(rows):
             part = tokens[start:start + piece.shape[1]]
             piece[r, :len(part)] = torch.as_tensor(part, dtype=torch.long)

@@ -56,6 +56,11 @@ def _flat(d, prefix=""):
     return out
 
 
+# Fields of a run config's "run" part left out of its fingerprint: where the run was written and
+# which other models the suite selected do not change what the run is.
+UNHASHED_RUN_FIELDS = ("output_dir", "models")
+
+
 def _first_difference(a: dict, b: dict, skip=()) -> str:
     fa, fb = _flat(a), _flat(b)
     for key in sorted(set(fa) | set(fb)):
@@ -77,7 +82,8 @@ def group_runs(results) -> dict:
         for r in runs[1:]:
             if r["config_fingerprint"] != runs[0]["config_fingerprint"]:
                 a, b = (json.loads((Path(x["dir"]) / "run_config.json").read_text()) for x in (runs[0], r))
-                field = _first_difference(a, b, skip=("run.training.seed", "run.output_dir", "run.models", "fingerprint"))
+                field = _first_difference(a, b, skip=("run.training.seed", *(f"run.{k}" for k in UNHASHED_RUN_FIELDS),
+                                                           "fingerprint"))
                 raise RunsDisagree(f"runs: {name} seed {r['seed']} and seed {runs[0]['seed']} differ in {field}; "
                                  f"runs are pooled across seeds only when their configs agree")
     first = results[0]

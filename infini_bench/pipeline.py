@@ -30,7 +30,7 @@ from .device import autocast_dtype
 from .evaluation import (context_limit, lm_metrics, per_sample_losses, recall_ppl, retrieval_grid, reversal_metrics,
                          sample_token_nll, warm_memory)
 from .io import atomic_write_json
-from .leaderboard import RunsDisagree, write_leaderboard
+from .leaderboard import UNHASHED_RUN_FIELDS, RunsDisagree, write_leaderboard
 from .models import build_model
 from .paths import source_commit
 from .probes import probe_memory
@@ -108,7 +108,7 @@ def config_fingerprint(resolved: dict, seed_aside: bool = False) -> str:
     is hashed; which other models were selected with --models does not change it); `seed_aside`:
     without the training seed (runs of one model are pooled across seeds only when these agree)."""
     resolved = json.loads(json.dumps(resolved, default=str))
-    for key in ("output_dir", "models"):
+    for key in UNHASHED_RUN_FIELDS:
         resolved["run"].pop(key, None)
     if seed_aside:
         resolved["run"]["training"].pop("seed")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 REFERENCE_BINS = (0, 16, 32, 64, 96)        # the reference's position bins (the last runs to the end)
 RETRIEVAL_DEPTHS = (0, 25, 50, 75)          # needle depths, percent of the haystack before the needle gap
+LOCAL = "local"                             # the local control's depth: needles right before the question
 FAMILIES = ("single", "multikey", "multivalue", "multiquery", "vt")  # retrieval task families (data/needles.py)
 HAYSTACKS = ("filler", "prose", "heldout")  # retrieval haystack kinds (data/needles.py)
 NEEDLE_GAP = 512                            # tokens between the needles and the question: 2 segments of 256
@@ -133,8 +134,15 @@ class TrainConfig(Section):
     # A stage may also set retrieval_fraction and retrieval_mix for its own samples (a first stage
     # of one-segment pass-key documents teaches copying before the memory is asked to carry).
     curriculum: tuple = ()
+    # The name of a suite model that trains the curriculum's first stage once for the whole suite:
+    # every model starts its second stage from the weights it left (the parameters of the same name
+    # and shape; the rest, such as another memory rule's, keep their own initialisation).
+    shared_first_stage: str | None = None
 
     def check(self):
+        if self.shared_first_stage is not None and len(self.curriculum) < 2:
+            raise ValueError(f"training.shared_first_stage: needs a curriculum of at least two stages, got "
+                             f"{len(self.curriculum)}")
         for name in ("batch_size", "max_epochs", "patience", "logging_steps"):
             _positive(f"training.{name}", getattr(self, name))
         for name in ("lr", "max_grad_norm"):
@@ -178,6 +186,7 @@ class EvalConfig(Section):
     retrieval_depths: tuple = RETRIEVAL_DEPTHS
     retrieval_docs: int = 20
     local_control: bool = True
+    local_control_max_length: int = 0          # the local control only at lengths up to this (0: at every length)
     needle_gap: int = NEEDLE_GAP               # at least 2 x every memory model's segment_len (checked)
     long_ppl_length: int = 0                   # a fact-recall document of this many tokens (0: none)
     long_ppl_bins: tuple = LONG_PPL_DISTANCE_BINS  # its recall tokens binned by distance since statement
@@ -200,6 +209,9 @@ class EvalConfig(Section):
             raise ValueError(f"evaluation.retrieval_depths: expected percentages 0..100, got "
                              f"{list(self.retrieval_depths)}")
         _positive("evaluation.retrieval_docs", self.retrieval_docs)
+        if self.local_control_max_length < 0:
+            raise ValueError(f"evaluation.local_control_max_length: expected 0 or more, got "
+                             f"{self.local_control_max_length}")
         if self.long_ppl_length < 0:
             raise ValueError(f"evaluation.long_ppl_length: expected 0 or more, got {self.long_ppl_length}")
         if self.long_ppl_length and (not all(isinstance(b, int) and b >= 0 for b in self.long_ppl_bins)
@@ -235,6 +247,12 @@ class EvalConfig(Section):
         """(family, haystack, length) of the grid, in a fixed order."""
         return [(family, haystack, length) for family in FAMILIES for haystack in HAYSTACKS
                 for length in sorted(self.retrieval.get(family, {}).get(haystack, ()))]
+
+    def depths_at(self, length: int, depths=None) -> list:
+        """The depths scored at `length`: `depths` (default retrieval_depths), then the local
+        control wherever it is kept (local_control, up to local_control_max_length)."""
+        local = self.local_control and (not self.local_control_max_length or length <= self.local_control_max_length)
+        return [*(depths or self.retrieval_depths), *([LOCAL] if local else [])]
 
     def probe_cells(self) -> list[tuple[str, str, int]]:
         """(family, haystack, length) of the probed documents."""

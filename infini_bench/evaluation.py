@@ -377,13 +377,12 @@ def retrieval_grid(model, tokenizer, evaluation, device, autocast_dtype, seed: i
     documents' correctness, answer log-probabilities and needle distances (data/needles.py).
     `progress(cell, seconds)` is told when each (family, haystack, length) is done."""
     device = torch.device(device)
-    depths = [*evaluation.retrieval_depths, *([LOCAL] if evaluation.local_control else [])]
     cells, pools = [], {}
     for family, haystack, length in evaluation.retrieval_cells():
         start = time.perf_counter()
         if haystack not in pools:   # each haystack's sentences tokenized once, not once per cell and depth
             pools[haystack] = SentencePool.build(tokenizer, seed, "evaluation", haystack)
-        for depth in depths:   # one depth's documents at a time: a million-token document's ids are large
+        for depth in evaluation.depths_at(length):   # one depth's documents at a time: a million-token document's ids are large
             rows = needle_documents(tokenizer, family, haystack, length, [depth], evaluation.retrieval_docs, seed,
                                     evaluation.needle_gap, with_ids=True, pool=pools[haystack])
             cells.append({"family": family, "haystack": haystack, "length": length, "depth": str(depth),
@@ -392,7 +391,8 @@ def retrieval_grid(model, tokenizer, evaluation, device, autocast_dtype, seed: i
             progress((family, haystack, length), time.perf_counter() - start)
     limit = context_limit(model)
     return {"reader": "memory" if limit is None else f"last {limit}", "context_limit": limit,
-            "depths": list(map(str, depths)), "docs_per_cell": evaluation.retrieval_docs,
+            "depths": list(map(str, [*evaluation.retrieval_depths, *([LOCAL] if evaluation.local_control else [])])),
+            "docs_per_cell": evaluation.retrieval_docs,
             "needle_gap": evaluation.needle_gap, "cells": cells}
 
 

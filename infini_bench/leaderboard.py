@@ -513,9 +513,10 @@ def plot_retrieval(results, family, haystack, plot_dir: Path, suite: str) -> Pat
         values = np.zeros((len(depths), len(lengths)))
         for i, depth in enumerate(depths):
             for j, length in enumerate(lengths):
-                outcomes = _cells(r, family, haystack, length, [depth])
-                values[i, j] = np.mean(outcomes)
-                ax.text(j, i, f"{sum(outcomes)}/{len(outcomes)}", ha="center", va="center", fontsize=7)
+                outcomes = _cells(r, family, haystack, length, [depth])  # none: a local control not scored there
+                values[i, j] = np.mean(outcomes) if outcomes else np.nan
+                ax.text(j, i, f"{sum(outcomes)}/{len(outcomes)}" if outcomes else "–", ha="center", va="center",
+                        fontsize=7)
         image = ax.imshow(values, cmap=cmap, vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(len(lengths)), [_length_label(n) for n in lengths], fontsize=7)
         ax.set_yticks(range(len(depths)), [d if d == LOCAL else f"{d}%" for d in depths])

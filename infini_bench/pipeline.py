@@ -34,6 +34,7 @@ from .leaderboard import UNHASHED_RUN_FIELDS, RunsDisagree, write_leaderboard
 from .models import build_model
 from .paths import source_commit
 from .probes import probe_memory
+from .suites import ModelSpec
 from .seeds import BOOTSTRAP, stream_seed
 from .stats import Metric, block_length, bootstrap_interval
 from .training import (NonFiniteLoss, check_checkpoint, eval_batch_size, latest_checkpoint, per_process_batch, train,
@@ -127,6 +128,10 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
                 "stages": [stage.info for stage in stages]}
     if distributed.world_size() > 1:  # stream-scope memories are per process: results depend on it
         resolved["data_parallel_processes"] = distributed.world_size()
+    shared = None
+    if stages and config.shared_stage_model is not None:
+        shared, shared_resolved = shared_first_stage(config, data, stages, suite_seed)
+        resolved["shared_first_stage"] = shared_resolved["fingerprint"]
     fingerprint = config_fingerprint(resolved)
     finished = read_json(directory / "results.json")
     previous = read_json(directory / "run_config.json")
@@ -140,6 +145,8 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
         (directory / "results.json").unlink(missing_ok=True)
         atomic_write_json(directory / "run_config.json", {**resolved, "fingerprint": fingerprint})
         atomic_write_json(directory / "environment.json", env)
+    if shared is not None:
+        train_shared_first_stage(config, stages, device, env, shared, shared_resolved)
     set_seed(config.training.seed)
     model = build_model(model_config)
     parameters = sum(p.numel() for p in model.parameters())
@@ -148,7 +155,7 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
         data, stages = windowed(data, limit), [windowed(stage, limit) for stage in stages]
     if stages:
         model, train_time = train_curriculum(model, stages, directory, config.training, config.evaluation, device,
-                                             resume=resume, callbacks=callbacks)
+                                             resume=resume, callbacks=callbacks, shared_first_stage=shared)
     else:
         model, train_time = train(model, data, directory, config.training, config.evaluation, device, resume=resume,
                                   callbacks=callbacks)
@@ -223,6 +230,48 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
         torch.cuda.empty_cache()
     distributed.barrier()
     return results
+
+
+def shared_first_stage(config, data, stages, suite_seed: int | None = None) -> tuple[Path, dict]:
+    """Where the suite's shared first stage is trained (runs/<suite>/shared-first-stage, per seed
+    as a model's folder) and what it is: the model that trains it, the training and data
+    sections with the first stage only, that stage's data, and their fingerprint."""
+    spec = config.shared_stage_model
+    model_config = config.model_config(spec, vocab_size=model_vocab_size(data.tokenizer))
+    training = {**dataclasses.asdict(config.training), "curriculum": config.training.curriculum[:1]}
+    resolved = {"model_name": spec.name, "model": model_config.to_dict(), "training": training,
+                "data": dataclasses.asdict(config.data), "stage": stages[0].info}
+    resolved = json.loads(json.dumps(resolved, default=str))
+    resolved["fingerprint"] = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    return run_dir(config, ModelSpec("shared first stage", {}), suite_seed), resolved
+
+
+def train_shared_first_stage(config, stages, device, env, directory: Path, resolved: dict):
+    """Train the curriculum's first stage once for the suite (`shared_first_stage`'s folder and
+    description), unless stage.json there has the same fingerprint; stage.json gets the training time."""
+    finished = read_json(directory / "stage.json")
+    if finished and finished.get("fingerprint") == resolved["fingerprint"]:
+        return
+    previous = read_json(directory / "run_config.json")
+    distributed.barrier()
+    if distributed.is_main():
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "stage.json").unlink(missing_ok=True)
+        atomic_write_json(directory / "run_config.json", resolved)
+        atomic_write_json(directory / "environment.json", env)
+    print(f"shared first stage: {resolved['model_name']} trains it once for every model", flush=True)
+    set_seed(config.training.seed)
+    model = build_model(config.model_config(config.shared_stage_model, vocab_size=resolved["model"]["vocab_size"]))
+    limit = context_limit(model)
+    stage = stages[0] if limit is None else windowed(stages[0], limit)
+    stage_config = dataclasses.replace(config.training, max_epochs=config.training.curriculum[0]["max_epochs"],
+                                       curriculum=(), shared_first_stage=None)
+    _, elapsed = train(model, stage, directory, stage_config, config.evaluation, device,
+                       resume=bool(previous and previous.get("fingerprint") == resolved["fingerprint"]))
+    if distributed.is_main():
+        atomic_write_json(directory / "stage.json", {"train_time_s": elapsed, **config.training.curriculum[0],
+                                                     "fingerprint": resolved["fingerprint"]})
+    distributed.barrier()
 
 
 def heldout_metrics(model, samples, evaluation, batch: int, device) -> tuple[dict, dict]:

@@ -8,7 +8,8 @@ A suite file (configs/suites/<name>.yaml) has the keys:
   data:          DataConfig fields          (infini_bench/config.py)
   training:      TrainConfig fields
   evaluation:    EvalConfig fields
-  profiles:      {cpu: {...}, cuda: {...}}: preset and section overrides picked by device
+  profiles:      {cpu: {...}, cuda: {...}}: preset and section overrides picked by device (a
+                 profile's `models`, if it has one, replaces the suite's list)
 Each section validates itself; this module adds the rules that span sections and the checks
 of what a config names outside itself (the data source, DeepSpeed file, output folder).
 """
@@ -29,7 +30,7 @@ from .paths import check_writable, find_config
 
 SUITE_KEYS = {"name", "description", "base", "models", "model_defaults", "data", "training", "evaluation",
               "profiles"}
-PROFILE_KEYS = {"preset", "model_defaults", "data", "training", "evaluation"}
+PROFILE_KEYS = {"preset", "model_defaults", "models", "data", "training", "evaluation"}
 MODEL_KEYS = sorted({f.name for f in dataclasses.fields(InfiniPythiaConfig)} - {"architectures", "transformers_version"})
 
 
@@ -62,6 +63,7 @@ class RunConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     num_seeds: int = 1
     model_defaults: dict = field(default_factory=dict)  # already merged into each model's overrides
+    shared_stage_model: ModelSpec | None = None  # the model training.shared_first_stage names (kept under --models)
 
     def to_dict(self):
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "model_defaults"}
@@ -199,11 +201,17 @@ def load_run_config(suite: str, device: str, preset: str | None = None, data: st
         section.check()
     defaults = {**(raw.get("model_defaults") or {}), **(profile.get("model_defaults") or {})}
     config.model_defaults = defaults
-    for i, entry in enumerate(raw.get("models") or []):
+    for i, entry in enumerate(profile.get("models", raw.get("models")) or []):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise ValueError(f"models[{i}]: expected a mapping with a 'name'")
         overrides = {**defaults, **{k: v for k, v in entry.items() if k != "name"}}
         config.models.append(ModelSpec(entry["name"], overrides, order=i))
+    if config.training.shared_first_stage is not None:
+        named = [m for m in config.models if m.name == config.training.shared_first_stage]
+        if not named:
+            raise ValueError(f"training.shared_first_stage: {config.training.shared_first_stage!r} is not a model of "
+                             f"the suite; accepted: {', '.join(m.name for m in config.models)}")
+        config.shared_stage_model = named[0]
     if only_models:
         slugs = [m.slug for m in config.models]
         unknown = [m for m in only_models if m not in slugs]

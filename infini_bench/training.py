@@ -227,23 +227,29 @@ def windowed(data, width: int):
 
 
 def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_config: EvalConfig,
-                     device: torch.device, resume: bool = False, callbacks=()):
+                     device: torch.device, resume: bool = False, callbacks=(), shared_first_stage: Path | None = None):
     """Train through `config.curriculum` in order (stages: a DataBundle per stage), each stage in
     run_dir/stages/<i>-<sample_len> with `train` and starting from the model the previous stage
     kept. With `resume`, finished stages (model saved, trainer folder gone) are loaded, not
-    retrained. run_dir/metrics.jsonl gets every stage's epochs, numbered on across stages.
+    retrained. `shared_first_stage`: the finished folder of a first stage trained once for the
+    suite (`train_shared_first_stage`), whose weights replace this model's first stage.
+    run_dir/metrics.jsonl gets every stage's epochs, numbered on across stages.
     Returns the last stage's model and the training time of all stages."""
     if not resume and distributed.is_main():
         shutil.rmtree(run_dir / "stages", ignore_errors=True)
     distributed.barrier()
     records, total_time = [], 0.0
     for i, (stage, data) in enumerate(zip(config.curriculum, stages), 1):
-        stage_dir = run_dir / "stages" / f"{i}-{stage['sample_len']}"
+        shared = i == 1 and shared_first_stage is not None
+        stage_dir = shared_first_stage if shared else run_dir / "stages" / f"{i}-{stage['sample_len']}"
         done = stage_dir / "stage.json"
-        if done.exists():
+        if shared:
+            load_matching_weights(model, stage_dir)
+        elif done.exists():
             model = type(model).from_pretrained(stage_dir).to(device)
         else:
-            stage_config = dataclasses.replace(config, max_epochs=stage["max_epochs"], curriculum=())
+            stage_config = dataclasses.replace(config, max_epochs=stage["max_epochs"], curriculum=(),
+                                               shared_first_stage=None)
             model, elapsed = train(model, data, stage_dir, stage_config, eval_config, device, resume=resume,
                                    callbacks=callbacks)
             if distributed.is_main():
@@ -260,3 +266,14 @@ def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_con
         stages[-1].tokenizer.save_pretrained(run_dir)
     distributed.barrier()
     return model, total_time
+
+
+def load_matching_weights(model, folder: Path) -> list[str]:
+    """Copy into `model` the weights saved in `folder` (safetensors) that have a parameter of the
+    same name and shape; returns the names of the model's own that were left as they were (a
+    memory rule's or a memory type's parameters that the saved model did not have)."""
+    saved = load_file(folder / "model.safetensors")
+    own = model.state_dict()
+    matching = {k: v for k, v in saved.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(matching, strict=False)
+    return sorted(set(own) - set(matching))

@@ -87,6 +87,19 @@ def test_curriculum_runs_short_stages_first(long_smoke):
     assert (long_smoke / "runs" / "long-smoke" / "pythia-baseline" / "stages" / "2-256" / "stage.json").exists()
 
 
+def test_the_shared_first_stage_is_trained_once_and_every_model_starts_from_it(long_smoke):
+    runs = long_smoke / "runs" / "long-smoke"
+    shared = runs / "shared-first-stage"
+    stage = json.loads((shared / "stage.json").read_text())
+    first_epoch = json.loads((shared / "metrics.jsonl").read_text().splitlines()[0])
+    for slug in ("single-memory", "hierarchical-4", "pythia-baseline"):
+        assert not (runs / slug / "stages" / "1-128").exists()
+        recorded = json.loads((runs / slug / "run_config.json").read_text())
+        assert recorded["shared_first_stage"] == stage["fingerprint"]
+        assert results(long_smoke, slug)["curve"][0]["val_ppl"] == first_epoch["eval_ppl"]
+    assert json.loads((shared / "run_config.json").read_text())["model_name"] == "Single Memory"
+
+
 def task_results(long_smoke, tmp_path, model, slug, task):
     run_dir = long_smoke / "runs" / "long-smoke" / slug
     result = run_cli("--model", model, "--model_args", f"pretrained={run_dir}", "--tasks", task, "--include_path",

@@ -349,3 +349,23 @@ save_file({{"logits": logits, "module": torch.tensor(list(type(model).__module__
     with torch.no_grad():
         expected = model(x).logits
     torch.testing.assert_close(out["logits"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_matching_weights_load_across_memory_types_and_rules(tmp_path):
+    """A shared first stage's weights go into a model of another memory type or rule wherever the
+    name and shape match; the parameters the saved model lacks keep their own initialisation."""
+    from infini_bench.training import load_matching_weights
+
+    source = tiny("single", seed=1)
+    source.save_pretrained(tmp_path)
+    saved = source.state_dict()
+    for target in (tiny("multi", 4, memory_rule="delta_l2", seed=2), tiny("none", seed=2)):
+        fresh = {k: v.clone() for k, v in target.state_dict().items()}
+        kept = load_matching_weights(target, tmp_path)
+        for name, value in target.state_dict().items():
+            if name in kept:
+                torch.testing.assert_close(value, fresh[name], rtol=0, atol=0)
+            else:
+                torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
+        assert len(kept) < len(fresh) // 2 and all(name in saved or name in kept for name in fresh)
+    assert load_matching_weights(tiny("single", seed=3), tmp_path) == []

@@ -25,12 +25,11 @@ pool refuses a tokenizer for which that does not hold).
 import random
 from dataclasses import dataclass
 
-from ..config import FAMILIES, HAYSTACKS
+from ..config import FAMILIES, HAYSTACKS, LOCAL
 from ..seeds import FILLER, NEEDLE_EVAL, stream_rng
 from .embedded import ADJECTIVES, NOUNS, filler_sentence, invented_word, make_document
 
 TRAINING_HAYSTACK = "filler"
-LOCAL = "local"
 POOL_SIZE = 4096
 NUM_KEYS = 4          # needles of multikey / multiquery
 NUM_VALUES = 3        # values of multivalue

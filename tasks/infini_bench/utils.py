@@ -120,8 +120,7 @@ def niah_dataset(family, length, pretrained=None, haystack="filler", depths=None
     Depths, documents per depth, needle gap and seed: the run's own (evaluation.retrieval_depths,
     retrieval_docs, needle_gap, data.seed) unless given."""
     config, tokenizer, evaluation = _run(pretrained)
-    depths = [*(depths or evaluation.retrieval_depths), *([LOCAL] if evaluation.local_control else [])]
-    return _dataset(needle_documents(tokenizer, family, haystack, length, depths,
+    return _dataset(needle_documents(tokenizer, family, haystack, length, evaluation.depths_at(length, depths),
                                      docs_per_depth or evaluation.retrieval_docs, config.seed if seed is None else seed,
                                      gap or evaluation.needle_gap))
 

@@ -19,6 +19,7 @@ LONG_PPL_DISTANCE_BINS = (0, 2048, 16384, 131072)  # distance since statement: <
 NUM_DISTRACTORS = 10                        # wrong answers ranked against each reversal answer
 STAGE_KEYS = ("sample_len", "num_samples", "max_epochs")
 STAGE_DATA_KEYS = ("retrieval_fraction", "retrieval_mix")  # optional: the data section's, for one stage
+STAGE_OPTIONAL_KEYS = (*STAGE_DATA_KEYS, "lr")                # and the stage's own learning rate
 
 
 def _check_type(where, value, expected):
@@ -157,9 +158,12 @@ class TrainConfig(Section):
         for i, stage in enumerate(self.curriculum):
             where = f"training.curriculum[{i}]"
             if (not isinstance(stage, dict) or not set(STAGE_KEYS) <= set(stage)
-                    or set(stage) - set(STAGE_KEYS) - set(STAGE_DATA_KEYS)):
+                    or set(stage) - set(STAGE_KEYS) - set(STAGE_OPTIONAL_KEYS)):
                 raise ValueError(f"{where}: expected a mapping with the keys {', '.join(STAGE_KEYS)} and optionally "
-                                 f"{', '.join(STAGE_DATA_KEYS)}, got {stage!r}")
+                                 f"{', '.join(STAGE_OPTIONAL_KEYS)}, got {stage!r}")
+            if "lr" in stage and (isinstance(stage["lr"], bool) or not isinstance(stage["lr"], (int, float))
+                                  or stage["lr"] <= 0):
+                raise ValueError(f"{where}.lr: expected a positive number, got {stage['lr']!r}")
             for key in STAGE_KEYS:
                 value = stage[key]
                 if isinstance(value, bool) or not isinstance(value, int) or value < (2 if key == "sample_len" else 1):
@@ -170,6 +174,12 @@ class TrainConfig(Section):
                 except ValueError as error:
                     raise ValueError(str(error).replace(f"data.{key}", f"{where}.{key}")) from None
         return self
+
+    def for_stage(self, stage: dict) -> "TrainConfig":
+        """This section as one curriculum stage trains: its epochs, its own lr if it sets one
+        (a shared first stage keeps its lr while a sweep varies the others'), no curriculum."""
+        return dataclasses.replace(self, max_epochs=stage["max_epochs"], lr=float(stage.get("lr", self.lr)),
+                                   curriculum=(), shared_first_stage=None)
 
 
 @dataclass

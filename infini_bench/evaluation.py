@@ -382,7 +382,8 @@ def retrieval_grid(model, tokenizer, evaluation, device, autocast_dtype, seed: i
         start = time.perf_counter()
         if haystack not in pools:   # each haystack's sentences tokenized once, not once per cell and depth
             pools[haystack] = SentencePool.build(tokenizer, seed, "evaluation", haystack)
-        for depth in evaluation.depths_at(length):   # one depth's documents at a time: a million-token document's ids are large
+        # One depth's documents at a time: a million-token document's ids are large.
+        for depth in evaluation.depths_at(length):
             rows = needle_documents(tokenizer, family, haystack, length, [depth], evaluation.retrieval_docs, seed,
                                     evaluation.needle_gap, with_ids=True, pool=pools[haystack])
             cells.append({"family": family, "haystack": haystack, "length": length, "depth": str(depth),

@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModelForCausalLM, set_seed
 
 from . import distributed
-from .config import STAGE_DATA_KEYS, DataConfig
+from .config import STAGE_DATA_KEYS, STAGE_OPTIONAL_KEYS, DataConfig
 from .data import default_cache_dir, prepare_data, recall_document
 from .data.needles import check_grid
 from .device import autocast_dtype
@@ -238,8 +238,8 @@ def shared_first_stage(config, data, stages, suite_seed: int | None = None) -> t
     sections with the first stage only, that stage's data, and their fingerprint."""
     spec = config.shared_stage_model
     model_config = config.model_config(spec, vocab_size=model_vocab_size(data.tokenizer))
-    training = {**dataclasses.asdict(config.training), "curriculum": config.training.curriculum[:1]}
-    resolved = {"model_name": spec.name, "model": model_config.to_dict(), "training": training,
+    resolved = {"model_name": spec.name, "model": model_config.to_dict(),
+                "training": dataclasses.asdict(config.training.for_stage(config.training.curriculum[0])),
                 "data": dataclasses.asdict(config.data), "stage": stages[0].info}
     resolved = json.loads(json.dumps(resolved, default=str))
     resolved["fingerprint"] = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
@@ -264,9 +264,8 @@ def train_shared_first_stage(config, stages, device, env, directory: Path, resol
     model = build_model(config.model_config(config.shared_stage_model, vocab_size=resolved["model"]["vocab_size"]))
     limit = context_limit(model)
     stage = stages[0] if limit is None else windowed(stages[0], limit)
-    stage_config = dataclasses.replace(config.training, max_epochs=config.training.curriculum[0]["max_epochs"],
-                                       curriculum=(), shared_first_stage=None)
-    _, elapsed = train(model, stage, directory, stage_config, config.evaluation, device,
+    _, elapsed = train(model, stage, directory, config.training.for_stage(config.training.curriculum[0]),
+                       config.evaluation, device,
                        resume=bool(previous and previous.get("fingerprint") == resolved["fingerprint"]))
     if distributed.is_main():
         atomic_write_json(directory / "stage.json", {"train_time_s": elapsed, **config.training.curriculum[0],
@@ -373,7 +372,7 @@ def describe(config, device) -> list[str]:
     """The choices of a run, as printed at its start."""
     t = config.training
     epochs = (" -> ".join(f"{s['num_samples']} x {s['sample_len']} ({s['max_epochs']} epoch(s)"
-                          + "".join(f", {k} {s[k]}" for k in STAGE_DATA_KEYS if k in s) + ")"
+                          + "".join(f", {k} {s[k]}" for k in STAGE_OPTIONAL_KEYS if k in s) + ")"
                           for s in t.curriculum) if t.curriculum else f"up to {t.max_epochs} epochs")
     lines = [f"suite {config.suite} ({config.suite_file}) on {device}: preset {config.preset}, "
              f"data {config.data.source} ({config.data.num_samples} x {config.data.sample_len}, tokenizer "

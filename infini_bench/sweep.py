@@ -21,6 +21,7 @@ Sweep file (configs/sweeps/<name>.yaml):
 """
 
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -37,7 +38,7 @@ from .device import pick_device
 from .io import atomic_write_json
 from .leaderboard import write_sweep_leaderboard
 from .paths import find_config
-from .pipeline import environment, prepare_suite_data, run_model
+from .pipeline import environment, prepare_suite_data, run_model, shared_first_stage, train_shared_first_stage
 from .suites import ModelSpec, load_run_config
 
 # Ray itself is imported inside the functions that use it: importing it takes seconds, and a
@@ -101,8 +102,15 @@ def load_sweep(name: str, output_dir: str = ".") -> SweepConfig:
     config = SweepConfig(name=raw.get("name", path.stem), path=str(path.resolve()), suite=raw["suite"],
                          description=raw.get("description", ""), model=raw.get("model") or {}, grid=grid,
                          scheduler=scheduler, resources=resources, max_epochs=max_epochs)
+    first_stages = set()
     for params in config.trials():  # every trial's config must resolve before anything runs
-        trial_run_config(config, params, "cpu", output_dir)
+        trial = trial_run_config(config, params, "cpu", output_dir)
+        if trial.shared_stage_model is not None:
+            first_stages.add(json.dumps(dataclasses.asdict(trial.training.for_stage(trial.training.curriculum[0])),
+                                        sort_keys=True))
+    if len(first_stages) > 1:
+        raise ValueError("sweep.grid: the suite's shared first stage would differ between trials (the swept lr "
+                         "reaches it); give its first curriculum stage its own lr")
     return config
 
 
@@ -179,8 +187,14 @@ def run_sweep(sweep: SweepConfig, output_dir: Path, resume: bool = False) -> tup
     device = "cuda" if sweep.resources["gpu"] else "cpu"
     root = output_dir / "runs" / "sweeps" / sweep.name
     experiment = root / "tune"
-    # The data once, before trials start: local trials then read it from the cache.
-    prepare_suite_data(trial_run_config(sweep, sweep.trials()[0], device, str(output_dir)))
+    # The data once, before trials start: local trials then read it from the cache. The suite's
+    # shared first stage too (the same for every trial, checked by load_sweep): trials that run
+    # side by side then find it finished.
+    config = trial_run_config(sweep, sweep.trials()[0], device, str(output_dir))
+    data, stages = prepare_suite_data(config)
+    if config.shared_stage_model is not None:
+        directory, resolved = shared_first_stage(config, data, stages)
+        train_shared_first_stage(config, stages, pick_device(device), environment(), directory, resolved)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, sweep=sweep, output_dir=str(output_dir), device=device),
         {"cpu": sweep.resources["cpu"], "gpu": sweep.resources["gpu"]})

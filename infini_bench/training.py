@@ -248,9 +248,7 @@ def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_con
         elif done.exists():
             model = type(model).from_pretrained(stage_dir).to(device)
         else:
-            stage_config = dataclasses.replace(config, max_epochs=stage["max_epochs"], curriculum=(),
-                                               shared_first_stage=None)
-            model, elapsed = train(model, data, stage_dir, stage_config, eval_config, device, resume=resume,
+            model, elapsed = train(model, data, stage_dir, config.for_stage(stage), eval_config, device, resume=resume,
                                    callbacks=callbacks)
             if distributed.is_main():
                 atomic_write_json(done, {"train_time_s": elapsed, **stage})

@@ -26,13 +26,17 @@ from infini_bench.config import DataConfig, EvalConfig, TrainConfig
     (lambda: EvalConfig(retrieval={"single": {"wiki": [4096]}}), "evaluation.retrieval.single: expected a mapping"),
     (lambda: DataConfig(retrieval_mix={"single": 0}), "data.retrieval_mix: expected a mapping"),
     (lambda: TrainConfig(curriculum=({"sample_len": 64},)), "training.curriculum[0]: expected a mapping"),
-    (lambda: TrainConfig(curriculum=({"sample_len": 64, "num_samples": 8, "max_epochs": 1, "lr": 1.0},)),
+    (lambda: TrainConfig(curriculum=({"sample_len": 64, "num_samples": 8, "max_epochs": 1, "batch_size": 4},)),
      "training.curriculum[0]: expected a mapping"),
+    (lambda: TrainConfig(curriculum=({"sample_len": 64, "num_samples": 8, "max_epochs": 1, "lr": 0},)),
+     "training.curriculum[0].lr: expected a positive number"),
     (lambda: TrainConfig(curriculum=({"sample_len": 64, "num_samples": 8, "max_epochs": 1, "retrieval_fraction": 1.5},)),
      "training.curriculum[0].retrieval_fraction: expected a number in"),
     (lambda: TrainConfig(curriculum=({"sample_len": 64, "num_samples": 8, "max_epochs": 1, "retrieval_fraction": "x"},)),
      "training.curriculum[0].retrieval_fraction: expected float"),
     (lambda: EvalConfig(retrieval_depths=(0, 120)), "evaluation.retrieval_depths: expected percentages"),
+    (lambda: EvalConfig(local_control_max_length=-1), "evaluation.local_control_max_length: expected 0 or more"),
+    (lambda: TrainConfig(shared_first_stage="Single Memory"), "training.shared_first_stage: needs a curriculum of"),
     (lambda: EvalConfig(position_bins=(16, 32)), "evaluation.position_bins"),
     (lambda: DataConfig().update({"sample_len": "long"}), "data.sample_len: expected int"),
     (lambda: EvalConfig().update({"bins": [0]}), "evaluation.bins: unknown key"),
@@ -61,3 +65,26 @@ def test_a_stage_sets_its_own_retrieval_share_and_families():
     assert (copy.sample_len, copy.num_samples, copy.retrieval_fraction, copy.retrieval_mix) == (64, 8, 0.95,
                                                                                                {"single": 1.0})
     assert (plain.sample_len, plain.retrieval_fraction, plain.retrieval_mix) == (128, 0.5, data.retrieval_mix)
+
+
+def test_the_local_control_stops_where_the_config_says():
+    assert EvalConfig(retrieval_depths=(0,)).depths_at(1 << 20) == [0, "local"]
+    capped = EvalConfig(retrieval_depths=(0, 50), local_control_max_length=65536)
+    assert capped.depths_at(65536) == [0, 50, "local"] and capped.depths_at(1 << 20) == [0, 50]
+    assert EvalConfig(local_control=False).depths_at(1024, depths=[25]) == [25]
+
+
+def test_a_profile_replaces_the_model_list_and_names_the_shared_stage(tmp_path):
+    from infini_bench.suites import load_run_config
+
+    cpu = load_run_config("long", "cpu", output_dir=str(tmp_path))
+    cuda = load_run_config("long", "cuda", output_dir=str(tmp_path))
+    assert [m.name for m in cuda.models] == [m.name for m in cpu.models] + ["Hierarchical (4)"]
+    assert cpu.shared_stage_model.name == "Single Memory" and cuda.shared_stage_model is None
+    only = load_run_config("long", "cpu", output_dir=str(tmp_path), only_models=["multi-memory-4-delta-l2"])
+    assert [m.name for m in only.models] == ["Multi Memory (4, delta_l2)"]
+    assert only.shared_stage_model.name == "Single Memory"  # kept: the first stage is still its
+    suite = tmp_path / "bad.yaml"
+    suite.write_text("name: bad\nbase: long-smoke\ntraining: {shared_first_stage: Nobody}\n")
+    with pytest.raises(ValueError, match="^training.shared_first_stage: 'Nobody' is not a model of the suite"):
+        load_run_config(str(suite), "cpu", output_dir=str(tmp_path))

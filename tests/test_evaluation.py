@@ -112,13 +112,13 @@ def test_reversal_metric_shows_the_reversal_curse():
 @pytest.mark.parametrize("memory_type", ["none", "single"])
 def test_a_random_model_ranks_at_chance(memory_type):
     """Answer and distractors are draws from one distribution: an untrained model's accuracy over
-    352 facts per set and direction lies in the central 95% range of Binomial(352, 1/11)."""
-    facts = reversal_facts(352, 8, seed=1)
+    176 facts per set and direction lies in the central 95% range of Binomial(176, 1/11)."""
+    facts = reversal_facts(176, 8, seed=1)
     tokenizer = _fact_tokenizer(facts)
     model = tiny_model(memory_type, vocab=len(tokenizer), segment_len=64)
     m = reversal_metrics(model, tokenizer, facts, num_distractors=10, batch_size=64, device="cpu",
                          autocast_dtype=None, seed=1)
-    low, high = (v / 352 for v in stats.binom.interval(0.95, 352, 1 / 11))
+    low, high = (v / 176 for v in stats.binom.interval(0.95, 176, 1 / 11))
     for key in ("forward_acc", "backward_acc", "control_forward_acc", "control_backward_acc"):
         assert low <= m[key] <= high, (key, m[key], low, high)
 

@@ -72,10 +72,11 @@ def test_documents_hold_length_and_put_needles_two_segments_before_the_question(
 def test_every_scored_document_of_every_task_keeps_its_distance(tokenizer):
     """All task lengths (to 1M), the tasks' own defaults (20 documents a depth, the 512-token
     gap): the distance each document records, whose computation the test above checks."""
+    pool = SentencePool.build(tokenizer, 42, "evaluation", "filler")  # tokenized once, as the grid does
     for family in FAMILIES:
         for length in TASK_LENGTHS:
             rows = needle_documents(tokenizer, family, "filler", length, DEPTHS, EvalConfig().retrieval_docs, 42,
-                                    NEEDLE_GAP)
+                                    NEEDLE_GAP, pool=pool)
             scored = [r for r in rows if r["depth"] != LOCAL]
             assert len(scored) == 20 * len(EvalConfig().retrieval_depths)
             assert min(r["distance"] for r in scored) >= NEEDLE_GAP, (family, length)

@@ -47,3 +47,18 @@ def test_without_a_local_control_the_table_says_nothing_checks_the_task():
     result = run("Single Memory", None, 0)
     result["retrieval"]["cells"] = [c for c in result["retrieval"]["cells"] if c["depth"] != LOCAL]
     assert "nothing here checks" in local_control_verdict(learnt_locally([result], "single", "filler"))
+
+
+def test_a_local_control_kept_only_to_a_length_leaves_the_longer_cells_empty(tmp_path):
+    """evaluation.local_control_max_length: the local-control table shows a dash past it and the
+    heatmap cell is blank ("–"), while the scored depth is reported at every length."""
+    results = [run("Floor", 2048, 19, scored=3), run("Single Memory", None, 17, scored=12)]
+    for r in results:
+        r["retrieval"]["cells"] = [c for c in r["retrieval"]["cells"] if (c["length"], c["depth"]) != (4096, LOCAL)]
+    text = "\n".join(retrieval_section(results, tmp_path, "long"))
+    local = text.split("Local control", 1)[1]
+    (row,) = [line for line in local.splitlines() if line.startswith("| Single Memory")][:1]
+    assert row.rstrip(" |").endswith("—") and "0.85 [" in row
+    scored = [line for line in text.splitlines() if line.startswith("| Single Memory")][0]
+    assert "—" not in scored and scored.count("0.60 [") == 2
+    assert (tmp_path / "long-retrieval-single-filler.png").read_bytes()[:4] == b"\x89PNG"

@@ -125,7 +125,9 @@ def test_bad_sweep_files_give_one_line_errors(tmp_path, capsys):
                              ({"grid": {"lr": [-1]}}, "sweep.grid.lr: expected positive numbers"),
                              ({"suite": "nope"}, "suite: unknown 'nope'"),
                              ({"scheduler": {"type": "pbt"}}, "sweep.scheduler: expected"),
-                             ({"model": {"memory_type": "dual"}}, "memory_type: expected one of")]:
+                             ({"model": {"memory_type": "dual"}}, "memory_type: expected one of"),
+                             # long-smoke shares its first stage, which has no lr of its own
+                             ({"suite": "long-smoke"}, "sweep.grid: the suite's shared first stage would differ")]:
         code = main(["--config", write_sweep(tmp_path, **changes), "--output-dir", str(tmp_path / "out")])
         lines = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}"), lines

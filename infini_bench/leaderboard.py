@@ -58,7 +58,7 @@ def _flat(d, prefix=""):
 
 # Fields of a run config's "run" part left out of its fingerprint: where the run was written and
 # which other models the suite selected do not change what the run is.
-UNHASHED_RUN_FIELDS = ("output_dir", "models")
+UNHASHED_RUN_FIELDS = ("output_dir", "models", "shared_stage_model")
 
 
 def _first_difference(a: dict, b: dict, skip=()) -> str:
@@ -1154,7 +1154,11 @@ def write_sweep_leaderboard(trials, root: Path, leaderboard_dir: Path, name: str
                       f"question) with its 95% Wilson interval; the local control (needles right before the question) "
                       f"apart. Guessing among the document's answers: {FAMILY_TEXT[cells[0][0]][1]}. Trials are "
                       f"selected on nothing here: every one is shown.", ""]
-            if not any(_above_chance(_target(r, [LOCAL]), cells[0][0]) for r in runs.values()):
+            learnt = [_above_chance(_target(r, [LOCAL]), cells[0][0]) for r in runs.values()]
+            if all(v is None for v in learnt):
+                lines += ["No local control was scored at the target, so nothing here checks that the task was "
+                          "learnt: a trial at the guessing level may mean the task, not the memories, failed.", ""]
+            elif not any(learnt):
                 lines += ["**This sweep cannot show what memory count does to retrieval.** No trial's local control "
                           "(needles right before the question) is above the guessing level at its 95% Wilson lower "
                           "bound: the task was not learnt, so the accuracies below measure that, not the memories.",

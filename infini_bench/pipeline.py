@@ -34,9 +34,9 @@ from .leaderboard import UNHASHED_RUN_FIELDS, RunsDisagree, write_leaderboard
 from .models import build_model
 from .paths import source_commit
 from .probes import probe_memory
-from .suites import ModelSpec
 from .seeds import BOOTSTRAP, stream_seed
 from .stats import Metric, block_length, bootstrap_interval
+from .suites import ModelSpec
 from .training import (NonFiniteLoss, check_checkpoint, eval_batch_size, latest_checkpoint, per_process_batch, train,
                        train_curriculum, windowed)
 
@@ -131,7 +131,7 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
     shared = None
     if stages and config.shared_stage_model is not None:
         shared, shared_resolved = shared_first_stage(config, data, stages, suite_seed)
-        resolved["shared_first_stage"] = shared_resolved["fingerprint"]
+        resolved["shared_first_stage"] = shared_resolved["fingerprint_seed_aside"]
     fingerprint = config_fingerprint(resolved)
     finished = read_json(directory / "results.json")
     previous = read_json(directory / "run_config.json")
@@ -241,8 +241,15 @@ def shared_first_stage(config, data, stages, suite_seed: int | None = None) -> t
     resolved = {"model_name": spec.name, "model": model_config.to_dict(),
                 "training": dataclasses.asdict(config.training.for_stage(config.training.curriculum[0])),
                 "data": dataclasses.asdict(config.data), "stage": stages[0].info}
+    if distributed.world_size() > 1:
+        resolved["data_parallel_processes"] = distributed.world_size()
     resolved = json.loads(json.dumps(resolved, default=str))
     resolved["fingerprint"] = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    # What a model records: the same without the seed, which its own fingerprint holds (seeds of a
+    # model are pooled when their configs agree but for the seed).
+    seedless = {**resolved, "training": {k: v for k, v in resolved["training"].items() if k != "seed"}}
+    seedless.pop("fingerprint")
+    resolved["fingerprint_seed_aside"] = hashlib.sha256(json.dumps(seedless, sort_keys=True).encode()).hexdigest()[:16]
     return run_dir(config, ModelSpec("shared first stage", {}), suite_seed), resolved
 
 

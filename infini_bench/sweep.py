@@ -102,9 +102,9 @@ def load_sweep(name: str, output_dir: str = ".") -> SweepConfig:
     config = SweepConfig(name=raw.get("name", path.stem), path=str(path.resolve()), suite=raw["suite"],
                          description=raw.get("description", ""), model=raw.get("model") or {}, grid=grid,
                          scheduler=scheduler, resources=resources, max_epochs=max_epochs)
-    first_stages = set()
+    first_stages, device = set(), "cuda" if resources["gpu"] else "cpu"
     for params in config.trials():  # every trial's config must resolve before anything runs
-        trial = trial_run_config(config, params, "cpu", output_dir)
+        trial = trial_run_config(config, params, device, output_dir)
         if trial.shared_stage_model is not None:
             first_stages.add(json.dumps(dataclasses.asdict(trial.training.for_stage(trial.training.curriculum[0])),
                                         sort_keys=True))

@@ -244,7 +244,9 @@ def train_curriculum(model, stages, run_dir: Path, config: TrainConfig, eval_con
         stage_dir = shared_first_stage if shared else run_dir / "stages" / f"{i}-{stage['sample_len']}"
         done = stage_dir / "stage.json"
         if shared:
-            load_matching_weights(model, stage_dir)
+            kept = load_matching_weights(model, stage_dir)
+            print(f"first stage: the shared one ({stage_dir}); own initialisation kept for "
+                  f"{', '.join(kept) if kept else 'no parameter'}", flush=True)
         elif done.exists():
             model = type(model).from_pretrained(stage_dir).to(device)
         else:

@@ -90,14 +90,15 @@ def test_curriculum_runs_short_stages_first(long_smoke):
 def test_the_shared_first_stage_is_trained_once_and_every_model_starts_from_it(long_smoke):
     runs = long_smoke / "runs" / "long-smoke"
     shared = runs / "shared-first-stage"
-    stage = json.loads((shared / "stage.json").read_text())
+    stage = json.loads((shared / "run_config.json").read_text())
+    assert stage["fingerprint"] == json.loads((shared / "stage.json").read_text())["fingerprint"]
     first_epoch = json.loads((shared / "metrics.jsonl").read_text().splitlines()[0])
     for slug in ("single-memory", "hierarchical-4", "pythia-baseline"):
         assert not (runs / slug / "stages" / "1-128").exists()
         recorded = json.loads((runs / slug / "run_config.json").read_text())
-        assert recorded["shared_first_stage"] == stage["fingerprint"]
+        assert recorded["shared_first_stage"] == stage["fingerprint_seed_aside"]  # the seed is the model's own
         assert results(long_smoke, slug)["curve"][0]["val_ppl"] == first_epoch["eval_ppl"]
-    assert json.loads((shared / "run_config.json").read_text())["model_name"] == "Single Memory"
+    assert stage["model_name"] == "Single Memory"
 
 
 def task_results(long_smoke, tmp_path, model, slug, task):

@@ -163,3 +163,23 @@ def test_runs_whose_configs_differ_are_not_pooled(two_seeds, tmp_path, capsys):
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: runs: Multi Memory (4) seed 43 and seed 42 differ in run.training.lr (0.001 vs 0.003)")
     assert not (tmp_path / "leaderboard" / "smoke.md").exists()
+
+
+def test_a_shared_first_stage_is_per_seed_and_leaves_the_seeds_poolable(tmp_path):
+    """Each seed trains its own shared first stage (its own folder and fingerprint), and what a
+    model records of it is the same for every seed, so that a model's seeds still pool."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from infini_bench.pipeline import shared_first_stage
+    from infini_bench.suites import load_run_config
+
+    config = load_run_config("long-smoke", "cpu", output_dir=str(tmp_path))
+    data, stages = SimpleNamespace(tokenizer=[0] * 300), [SimpleNamespace(info={"sample_len": 128})]
+    seen = []
+    for seed in (42, 43):
+        seeded = dataclasses.replace(config, training=dataclasses.replace(config.training, seed=seed))
+        directory, resolved = shared_first_stage(seeded, data, stages, suite_seed=42)
+        seen.append((directory.name, resolved["fingerprint"], resolved["fingerprint_seed_aside"]))
+    assert [s[0] for s in seen] == ["shared-first-stage", "shared-first-stage-seed43"]
+    assert seen[0][1] != seen[1][1] and seen[0][2] == seen[1][2]

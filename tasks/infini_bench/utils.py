@@ -116,7 +116,8 @@ def mean_loss_ppl(losses):
 def niah_dataset(family, length, pretrained=None, haystack="filler", depths=None, docs_per_depth=None, seed=None,
                  gap=None, **kwargs):
     """Haystacks of `length` tokens (by the model's tokenizer) with the needles of `family` at
-    each depth and the local control; the request asks for the answer after the haystack.
+    each depth and the local control (up to evaluation.local_control_max_length); the request asks
+    for the answer after the haystack.
     Depths, documents per depth, needle gap and seed: the run's own (evaluation.retrieval_depths,
     retrieval_docs, needle_gap, data.seed) unless given."""
     config, tokenizer, evaluation = _run(pretrained)

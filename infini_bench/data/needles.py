@@ -118,13 +118,14 @@ class SentencePool:
 
     def draw(self, rng: random.Random, num_tokens: int) -> list[int]:
         """Indices of sentences drawn at random while they hold at most `num_tokens` tokens."""
-        picked, used = [], 0
+        picked, used, count, tokens = [], 0, len(self.sentences), self.tokens
+        below = rng._randbelow  # what randrange(count) returns, without its argument checks (1M-token haystacks)
         while True:
-            i = rng.randrange(len(self.sentences))
-            if used + len(self.tokens[i]) > num_tokens:
+            i = below(count)
+            if used + len(tokens[i]) > num_tokens:
                 return picked
             picked.append(i)
-            used += len(self.tokens[i])
+            used += len(tokens[i])
 
 
 @dataclass
@@ -236,19 +237,23 @@ def needle_document(tokenizer, pool: SentencePool, family: str, length: int, dep
                          f"tokens (evaluation.needle_gap, and a margin) between its needles and the question; "
                          f"accepted: longer documents or a smaller gap")
     at = _place(needles, len(picked), limit, depth, rng)
-    pieces, ids, spans = [], [], []
+    pieces, ids, spans, count = [], [], [], 0  # count: tokens so far (ids holds them only `with_ids`)
     for boundary in range(len(picked) + 1):
         for needle in at.get(boundary, []):
             pieces.append(needle)
-            start = len(ids)
-            ids += _encode(tokenizer, needle)
+            encoded = _encode(tokenizer, needle)
             if needle in needles.asked:
-                spans.append((start, len(ids)))
+                spans.append((count, count + len(encoded)))
+            count += len(encoded)
+            if with_ids:
+                ids += encoded
         if boundary < len(picked):
             pieces.append(pool.sentences[picked[boundary]])
-            ids += pool.tokens[picked[boundary]]
+            count += sizes[boundary]
+            if with_ids:
+                ids += pool.tokens[picked[boundary]]
     doc = {"context": "".join(pieces) + needles.question, "target": needles.answer,
-           "distance": len(ids) - max(end for _, end in spans), "needles": needles.asked}
+           "distance": count - max(end for _, end in spans), "needles": needles.asked}
     if with_ids:
         ids += _encode(tokenizer, needles.question)
         doc.update(first_target=len(ids), ids=ids + _encode(tokenizer, needles.answer), needle_spans=spans)

@@ -113,6 +113,11 @@ def config_fingerprint(resolved: dict, seed_aside: bool = False) -> str:
         resolved["run"].pop(key, None)
     if seed_aside:
         resolved["run"]["training"].pop("seed")
+    return _digest(resolved)
+
+
+def _digest(resolved: dict) -> str:
+    """A short hash of a JSON-able mapping (a run's or a shared stage's fingerprint)."""
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -244,12 +249,12 @@ def shared_first_stage(config, data, stages, suite_seed: int | None = None) -> t
     if distributed.world_size() > 1:
         resolved["data_parallel_processes"] = distributed.world_size()
     resolved = json.loads(json.dumps(resolved, default=str))
-    resolved["fingerprint"] = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+    resolved["fingerprint"] = _digest(resolved)
     # What a model records: the same without the seed, which its own fingerprint holds (seeds of a
     # model are pooled when their configs agree but for the seed).
     seedless = {**resolved, "training": {k: v for k, v in resolved["training"].items() if k != "seed"}}
     seedless.pop("fingerprint")
-    resolved["fingerprint_seed_aside"] = hashlib.sha256(json.dumps(seedless, sort_keys=True).encode()).hexdigest()[:16]
+    resolved["fingerprint_seed_aside"] = _digest(seedless)
     return run_dir(config, ModelSpec("shared first stage", {}), suite_seed), resolved
 
 

@@ -42,6 +42,7 @@ def parse_args():
     p.add_argument("--depths", default="0,50,local")
     p.add_argument("--probe-lengths", default="1024,4096,16384,65536")
     p.add_argument("--docs", type=int, default=20, help="documents a retrieval cell")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and sample order of the loop")
     return p.parse_args()
 
 
@@ -54,7 +55,7 @@ def score(model, tokenizer, pools, seed, gap, family, haystack, length, depth, d
 
 def main():
     args = parse_args()
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     config = load_run_config("long", "cpu", only_models=[args.model])
     data, stages = prepare_suite_data(config)
     tokenizer, seed, evaluation = data.tokenizer, config.data.seed, config.evaluation
@@ -75,7 +76,7 @@ def main():
         print(f"{label}: 1K single filler {cells}", flush=True)
         model.train()
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(args.seed)
     model.train()
     for part in filter(None, args.plan.split(",")):
         index, steps = map(int, part.split(":"))

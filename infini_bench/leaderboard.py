@@ -756,6 +756,14 @@ def plot_probes(r, plot_dir: Path, suite: str) -> Path:
     return path
 
 
+def _probe_spread(docs: int) -> str:
+    """How a probe cell summarises its documents (one document has no interval)."""
+    if docs == 1:
+        return ("One document a length: each cell is that document's value, with no interval (a description "
+                "of these checkpoints, not a test).")
+    return f"Mean ± half-width of the 95% t-interval over the n = {docs} documents (bracketed levels: means)."
+
+
 def probes_section(results, plot_dir: Path, suite: str) -> list[str]:
     probes = results[0]["probes"]
     plots = [plot_probes(r, plot_dir, suite) for r in results]
@@ -771,8 +779,8 @@ def probes_section(results, plot_dir: Path, suite: str) -> list[str]:
             f"control. *Needle's share of σ(q)·z*: its part of the read's normaliser in the memories holding it; "
             f"in brackets the needle's segments' share of the tokens written, which it follows when z only adds "
             f"(the paper's rule). Brackets of the selection columns: ln N (uniform entropy) and the uniform weight "
-            f"on the memories holding the needle. Mean ± half-width of the 95% t-interval over the n = "
-            f"{probes['docs_per_length']} documents (bracketed levels: means); — = not part of this memory.", "",
+            f"on the memories holding the needle. {_probe_spread(probes['docs_per_length'])} — = not part of "
+            f"this memory.", "",
             _markdown(probes_table(results)), "",
             *[f"![memory probes, {r['model']}](plots/{path.name})" for r, path in zip(results, plots)], ""]
 

@@ -119,3 +119,17 @@ def test_probes_section_has_a_row_per_model_layer_and_length_and_a_plot_each(tok
     for r in results:
         png = tmp_path / f"t-probes-{r['slug']}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in text
+
+
+def test_probes_section_gives_no_interval_for_one_document(tokenizer, tmp_path):
+    """One document a length has no t-interval: the cells are its values and the text says so."""
+    from infini_bench.leaderboard import probes_section
+
+    evaluation = EvalConfig(probe_lengths=(256,), probe_docs=1, needle_gap=32).check()
+    results = [{"model": "single (infini)", "slug": "single-infini", "seed": 0,
+                "probes": probe_memory(tiny(tokenizer, "single", 1, "infini"), tokenizer, evaluation, "cpu", None,
+                                       seed=0)}]
+    text = "\n".join(probes_section(results, tmp_path, "t"))
+    assert "One document a length" in text and "t-interval" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| single"))
+    assert "±" not in row

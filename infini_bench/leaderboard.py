@@ -749,8 +749,9 @@ def plot_probes(r, plot_dir: Path, suite: str) -> Path:
         if ax.lines:
             ax.set_yscale("log")
     fig.supxlabel("tokens written before the question's segment", fontsize=9)
+    docs = r["probes"]["docs_per_length"]
     fig.suptitle(f"{suite}: memory probes, {r['model']} ({r['probes']['memory_rule']}; seed {r['seed']}, "
-                 f"means over {r['probes']['docs_per_length']} documents)", fontsize=10)
+                 + ("one document a length)" if docs == 1 else f"means over {docs} documents)"), fontsize=10)
     path = plot_dir / f"{suite}-probes-{r['slug']}.png"
     _save_png(fig, path)
     return path

@@ -139,12 +139,23 @@ class TrainConfig(Section):
     # every model starts its second stage from the weights it left (the parameters of the same name
     # and shape; the rest, such as another memory rule's, keep their own initialisation).
     shared_first_stage: str | None = None
+    # Shared first stages trained (seeds seed, seed + 1, ...; side by side on CPU cores): a memory
+    # learns to read after some first stages and not after others (README). Each candidate trains
+    # first_stage_trial_steps steps of the second stage, then answers single pass keys at 1K tokens,
+    # needle at depth 0%, on validation documents; the best (accuracy, then mean answer
+    # log-probability) is the shared first stage.
+    first_stage_candidates: int = 1
+    first_stage_trial_steps: int = 250
 
     def check(self):
         if self.shared_first_stage is not None and len(self.curriculum) < 2:
             raise ValueError(f"training.shared_first_stage: needs a curriculum of at least two stages, got "
                              f"{len(self.curriculum)}")
-        for name in ("batch_size", "max_epochs", "patience", "logging_steps"):
+        if self.first_stage_candidates > 1 and self.shared_first_stage is None:
+            raise ValueError(f"training.first_stage_candidates: {self.first_stage_candidates} candidates need a "
+                             f"shared_first_stage to choose")
+        for name in ("batch_size", "max_epochs", "patience", "logging_steps", "first_stage_candidates",
+                     "first_stage_trial_steps"):
             _positive(f"training.{name}", getattr(self, name))
         for name in ("lr", "max_grad_norm"):
             if getattr(self, name) <= 0:
@@ -177,9 +188,10 @@ class TrainConfig(Section):
 
     def for_stage(self, stage: dict) -> "TrainConfig":
         """This section as one curriculum stage trains: its epochs, its own lr if it sets one
-        (a shared first stage keeps its lr while a sweep varies the others'), no curriculum."""
+        (a shared first stage keeps its lr while a sweep varies the others'), no curriculum and
+        one model (no first-stage candidates)."""
         return dataclasses.replace(self, max_epochs=stage["max_epochs"], lr=float(stage.get("lr", self.lr)),
-                                   curriculum=(), shared_first_stage=None)
+                                   curriculum=(), shared_first_stage=None, first_stage_candidates=1)
 
 
 @dataclass

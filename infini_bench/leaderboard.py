@@ -943,6 +943,22 @@ def differences_table(rows, reference: str):
     return pd.DataFrame(out)
 
 
+def first_stage_lines(results) -> list[str]:
+    """How the shared first stage was chosen, when it was chosen among candidates."""
+    stage = next((r["shared_first_stage"] for r in results if r.get("shared_first_stage")), None)
+    if not stage or "candidates" not in stage:
+        return []
+    c0 = stage["candidates"][0]
+    tried = "; ".join(f"seed {c['seed']}: {c['correct']}/{c['documents']} ({c['answer_logprob']:.1f})"
+                      for c in stage["candidates"])
+    return [f"Shared first stage ({stage['sample_len']}-token samples, every model starts its second stage from it): "
+            f"{len(stage['candidates'])} candidates trained, each then trained {c0['trial_steps']} steps of the "
+            f"second stage and scored on {c0['documents']} validation documents (single NIAH, "
+            f"{_length_label(c0['length'])} tokens, needle at depth 0%, training filler's validation split; correct, "
+            f"mean answer log-prob): {tried}. Kept: seed {stage['kept_seed']}, the best (accuracy, then log-prob). "
+            f"The choice is made on validation documents only, never on the scored grid below.", ""]
+
+
 def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None, reference="Single Memory"):
     groups = group_runs(load_results(runs_dir, seeds))
     seeds = common_seeds(groups)
@@ -968,6 +984,7 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
               "over test samples in circular blocks of consecutive samples (neighbours share documents; in "
               "stream scope the blocks are whole evaluation batches, since the memory links them too), or "
               "over facts; Wilson (Newcombe for differences) for reversal accuracies.", ""]
+    lines += first_stage_lines(results)
     lines += [f"## Summary (seed {first['seed']})", "", _markdown(summary_table(results)), "",
               "stop: *early stop* = patience ran out; *capped* = reached max_epochs while its last epoch still "
               "improved validation PPL by more than min_delta (more epochs might have helped); *max epochs* = "

@@ -12,10 +12,13 @@ import hashlib
 import importlib.metadata
 import json
 import math
+import multiprocessing
 import os
 import platform
+import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +28,10 @@ from transformers import AutoModelForCausalLM, set_seed
 from . import distributed
 from .config import STAGE_DATA_KEYS, STAGE_OPTIONAL_KEYS, DataConfig
 from .data import default_cache_dir, prepare_data, recall_document
-from .data.needles import check_grid
+from .data.needles import check_grid, validation_documents
 from .device import autocast_dtype
-from .evaluation import (context_limit, lm_metrics, per_sample_losses, recall_ppl, retrieval_grid, reversal_metrics,
-                         sample_token_nll, warm_memory)
+from .evaluation import (context_limit, lm_metrics, per_sample_losses, recall_ppl, retrieval_cell, retrieval_grid,
+                         reversal_metrics, sample_token_nll, warm_memory)
 from .io import atomic_write_json
 from .leaderboard import UNHASHED_RUN_FIELDS, RunsDisagree, write_leaderboard
 from .models import build_model
@@ -37,9 +40,10 @@ from .probes import probe_memory
 from .seeds import BOOTSTRAP, stream_seed
 from .stats import Metric, block_length, bootstrap_interval
 from .suites import ModelSpec
-from .training import (NonFiniteLoss, check_checkpoint, eval_batch_size, latest_checkpoint, per_process_batch, train,
-                       train_curriculum, windowed)
+from .training import (NonFiniteLoss, check_checkpoint, eval_batch_size, latest_checkpoint, load_matching_weights,
+                       per_process_batch, train, train_curriculum, windowed)
 
+TRIAL_LENGTH, TRIAL_DOCUMENTS = 1024, 20  # a first-stage candidate's trial: single pass keys, needle at depth 0%
 PACKAGES = ("torch", "transformers", "datasets", "accelerate", "tokenizers", "safetensors", "deepspeed", "lm_eval",
             "ray", "pandas", "numpy", "scipy", "infini-bench")
 
@@ -226,6 +230,7 @@ def run_model(config, spec, data, device, env, suite_seed: int | None = None, st
         "stop": stopping(curve, t.curriculum[-1]["max_epochs"] if t.curriculum else t.max_epochs, t.min_delta),
         "eval_batch_size": batch, "validation": validation, "test": test, **extra, "curve": curve,
         "train_time_s": train_time, "data": data.info, "git_commit": env["git_commit"], "fingerprint": fingerprint,
+        **({"shared_first_stage": read_json(shared / "stage.json")} if shared is not None else {}),
         "config_fingerprint": config_fingerprint(resolved, seed_aside=True),
     }
     atomic_write_json(directory / "per_item.json", items)  # before results.json: a finished run has both
@@ -246,6 +251,11 @@ def shared_first_stage(config, data, stages, suite_seed: int | None = None) -> t
     resolved = {"model_name": spec.name, "model": model_config.to_dict(),
                 "training": dataclasses.asdict(config.training.for_stage(config.training.curriculum[0])),
                 "data": dataclasses.asdict(config.data), "stage": stages[0].info}
+    t = config.training
+    if t.first_stage_candidates > 1:
+        resolved["selection"] = {"candidates": t.first_stage_candidates, "trial_steps": t.first_stage_trial_steps,
+                                 "trial_length": TRIAL_LENGTH,
+                                 "trial_documents": TRIAL_DOCUMENTS, "second_stage": t.curriculum[1]}
     if distributed.world_size() > 1:
         resolved["data_parallel_processes"] = distributed.world_size()
     resolved = json.loads(json.dumps(resolved, default=str))
@@ -260,7 +270,8 @@ def shared_first_stage(config, data, stages, suite_seed: int | None = None) -> t
 
 def train_shared_first_stage(config, stages, device, env, directory: Path, resolved: dict):
     """Train the curriculum's first stage once for the suite (`shared_first_stage`'s folder and
-    description), unless stage.json there has the same fingerprint; stage.json gets the training time."""
+    description), unless stage.json there has the same fingerprint; stage.json gets the training
+    time and, with first_stage_candidates > 1, every candidate's trial and which one was kept."""
     finished = read_json(directory / "stage.json")
     if finished and finished.get("fingerprint") == resolved["fingerprint"]:
         return
@@ -271,18 +282,95 @@ def train_shared_first_stage(config, stages, device, env, directory: Path, resol
         (directory / "stage.json").unlink(missing_ok=True)
         atomic_write_json(directory / "run_config.json", resolved)
         atomic_write_json(directory / "environment.json", env)
+    t = config.training
+    resume = bool(previous and previous.get("fingerprint") == resolved["fingerprint"])
     print(f"shared first stage: {resolved['model_name']} trains it once for every model", flush=True)
-    set_seed(config.training.seed)
-    model = build_model(config.model_config(config.shared_stage_model, vocab_size=resolved["model"]["vocab_size"]))
-    limit = context_limit(model)
-    stage = stages[0] if limit is None else windowed(stages[0], limit)
-    _, elapsed = train(model, stage, directory, config.training.for_stage(config.training.curriculum[0]),
-                       config.evaluation, device,
-                       resume=bool(previous and previous.get("fingerprint") == resolved["fingerprint"]))
+    if t.first_stage_candidates == 1:
+        elapsed, selection = _train_first_stage(config, stages, device, directory, t.seed, resume), {}
+    else:
+        start = time.perf_counter()
+        candidates = _first_stage_candidates(config, stages, device, directory / "candidates", resume)
+        for c in candidates:
+            print(f"shared first stage: candidate seed {c['seed']}: {c['correct']}/{c['documents']} at {c['length']} "
+                  f"tokens, depth 0%, after {c['trial_steps']} steps of the second stage (mean answer log-prob "
+                  f"{c['answer_logprob']:.2f})", flush=True)
+        kept = max(candidates, key=lambda c: (c["correct"], c["answer_logprob"]))
+        elapsed = kept["train_time_s"]
+        if distributed.is_main():
+            for name in ("model.safetensors", "config.json", "metrics.jsonl"):
+                shutil.copyfile(directory / "candidates" / f"seed-{kept['seed']}" / name, directory / name)
+        selection = {"kept_seed": kept["seed"], "candidates": candidates,
+                     "selection_wall_s": time.perf_counter() - start}
     if distributed.is_main():
-        atomic_write_json(directory / "stage.json", {"train_time_s": elapsed, **config.training.curriculum[0],
+        atomic_write_json(directory / "stage.json", {"train_time_s": elapsed, **t.curriculum[0], **selection,
                                                      "fingerprint": resolved["fingerprint"]})
     distributed.barrier()
+
+
+def _first_stage_candidates(config, stages, device, folder: Path, resume: bool) -> list[dict]:
+    """Train and try every candidate first stage (seeds training.seed, + 1, ...) in folder/seed-<seed>
+    (with `resume`, a finished candidate is kept); on CPU in one process, the candidates train side
+    by side, one process a core (small first-stage models run about as fast on one core as on two)."""
+    t = config.training
+    seeds = list(range(t.seed, t.seed + t.first_stage_candidates))
+    todo = [seed for seed in seeds if not (resume and read_json(folder / f"seed-{seed}" / "candidate.json"))]
+    cores = torch.get_num_threads()
+    workers = min(len(todo), cores) if device.type == "cpu" and distributed.world_size() == 1 else 1
+    if workers > 1:
+        jobs = [(config, stages, str(device), folder / f"seed-{seed}", seed, max(1, cores // workers)) for seed in todo]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_first_stage_candidate, *zip(*jobs)))
+    else:
+        for seed in todo:
+            _first_stage_candidate(config, stages, str(device), folder / f"seed-{seed}", seed)
+    return [read_json(folder / f"seed-{seed}" / "candidate.json") for seed in seeds]
+
+
+def _first_stage_candidate(config, stages, device: str, folder: Path, seed: int, threads: int | None = None):
+    """One candidate: its first stage, then its trial; folder/candidate.json gets both."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device)
+    elapsed = _train_first_stage(config, stages, device, folder, seed, resume=False)
+    trial = first_stage_trial(config, stages, device, folder, seed)
+    if distributed.is_main():
+        atomic_write_json(folder / "candidate.json", {"seed": seed, "train_time_s": elapsed, **trial})
+    distributed.barrier()
+
+
+def _train_first_stage(config, stages, device, folder: Path, seed: int, resume: bool) -> float:
+    """The shared stage model's first stage with `seed` in `folder`; returns its training time."""
+    set_seed(seed)
+    model = build_model(config.model_config(config.shared_stage_model, vocab_size=model_vocab_size(stages[0].tokenizer)))
+    limit = context_limit(model)
+    stage = stages[0] if limit is None else windowed(stages[0], limit)
+    training = dataclasses.replace(config.training.for_stage(config.training.curriculum[0]), seed=seed)
+    _, elapsed = train(model, stage, folder, training, config.evaluation, device, resume=resume)
+    return elapsed
+
+
+def first_stage_trial(config, stages, device, folder: Path, seed: int) -> dict:
+    """Whether a candidate first stage (saved in `folder`) leads to reading: the shared stage model
+    from it trains first_stage_trial_steps steps of the second stage (in folder/trial), then answers
+    single pass keys at TRIAL_LENGTH tokens, needle at depth 0% (carried by the memory), on
+    TRIAL_DOCUMENTS validation documents."""
+    start = time.perf_counter()
+    t = config.training
+    model = build_model(config.model_config(config.shared_stage_model, vocab_size=model_vocab_size(stages[0].tokenizer)))
+    load_matching_weights(model, folder)
+    second = stages[1]
+    steps = min(len(second.train), t.first_stage_trial_steps * t.batch_size)
+    trial_data = dataclasses.replace(second, train=second.train.select(range(steps)))
+    set_seed(seed)
+    model, _ = train(model, trial_data, folder / "trial", dataclasses.replace(
+        t.for_stage({**t.curriculum[1], "max_epochs": 1}), seed=seed), config.evaluation, device)
+    documents = validation_documents(second.tokenizer, "single", TRIAL_LENGTH, TRIAL_DOCUMENTS, config.data.seed,
+                                     config.evaluation.needle_gap)
+    cell = retrieval_cell(model.to(device), second.tokenizer, documents, config.evaluation.batch_size, device,
+                          autocast_dtype(device))
+    return {"trial_steps": -(-steps // t.batch_size), "length": TRIAL_LENGTH, "documents": len(documents),
+            "correct": sum(cell["correct"]), "answer_logprob": float(np.mean(cell["answer_logprob"])),
+            "trial_time_s": time.perf_counter() - start}
 
 
 def heldout_metrics(model, samples, evaluation, batch: int, device) -> tuple[dict, dict]:

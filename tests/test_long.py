@@ -101,6 +101,25 @@ def test_the_shared_first_stage_is_trained_once_and_every_model_starts_from_it(l
     assert stage["model_name"] == "Single Memory"
 
 
+def test_the_shared_first_stage_is_the_best_of_its_candidates_on_validation_documents(long_smoke):
+    shared = long_smoke / "runs" / "long-smoke" / "shared-first-stage"
+    stage = json.loads((shared / "stage.json").read_text())
+    candidates = stage["candidates"]
+    assert [c["seed"] for c in candidates] == [42, 43]
+    assert all(c["documents"] == 20 and c["length"] == 1024 and c["trial_steps"] == 2 for c in candidates)
+    best = max(candidates, key=lambda c: (c["correct"], c["answer_logprob"]))
+    assert stage["kept_seed"] == best["seed"] and stage["train_time_s"] == best["train_time_s"]
+    kept = shared / "candidates" / f"seed-{best['seed']}"
+    assert (shared / "model.safetensors").read_bytes() == (kept / "model.safetensors").read_bytes()
+    assert (shared / "metrics.jsonl").read_text() == (kept / "metrics.jsonl").read_text()
+    text = (long_smoke / "leaderboard" / "long-smoke.md").read_text()
+    assert (f"2 candidates trained, each then trained 2 steps of the second stage and scored on 20 validation "
+            f"documents" in text and f"Kept: seed {best['seed']}" in text)
+    # The candidates differ (their seeds), so which one is kept matters.
+    other = shared / "candidates" / f"seed-{85 - best['seed']}"
+    assert (other / "model.safetensors").read_bytes() != (kept / "model.safetensors").read_bytes()
+
+
 def task_results(long_smoke, tmp_path, model, slug, task):
     run_dir = long_smoke / "runs" / "long-smoke" / slug
     result = run_cli("--model", model, "--model_args", f"pretrained={run_dir}", "--tasks", task, "--include_path",

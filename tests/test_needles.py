@@ -13,7 +13,7 @@ from helpers import needle_tokenizer
 from infini_bench.config import FAMILIES, HAYSTACKS, NEEDLE_GAP, EvalConfig
 from infini_bench.data import recall_document
 from infini_bench.data.embedded import embedded_documents
-from infini_bench.data.needles import LOCAL, SentencePool, needle_documents, needle_sample
+from infini_bench.data.needles import LOCAL, SentencePool, needle_documents, needle_sample, validation_documents
 from infini_bench.evaluation import encode_request, retrieval_cell
 
 TASK_LENGTHS = (1024, 4096, 16384, 65536, 262144, 1048576)   # the infini_niah_* / infini_vt_* tasks
@@ -80,6 +80,17 @@ def test_every_scored_document_of_every_task_keeps_its_distance(tokenizer):
             scored = [r for r in rows if r["depth"] != LOCAL]
             assert len(scored) == 20 * len(EvalConfig().retrieval_depths)
             assert min(r["distance"] for r in scored) >= NEEDLE_GAP, (family, length)
+
+
+def test_validation_documents_are_never_evaluation_documents(tokenizer):
+    """The documents that choose the shared first stage: depth 0%, the gap kept, and streams of
+    their own (the training filler's validation split), so that none is a scored grid document
+    and no key is a scored key. (The filler's template sentences recur in every split.)"""
+    chosen = validation_documents(tokenizer, "single", 1024, 20, seed=0, gap=NEEDLE_GAP)
+    scored = needle_documents(tokenizer, "single", "filler", 1024, [0], 20, seed=0, gap=NEEDLE_GAP)
+    assert len(chosen) == 20 and all(d["distance"] >= NEEDLE_GAP for d in chosen)
+    assert not {d["context"] for d in chosen} & {d["context"] for d in scored}
+    assert not {d["target"] for d in chosen} & {d["target"] for d in scored}
 
 
 def test_depth_orders_the_needle_within_the_haystack(tokenizer):

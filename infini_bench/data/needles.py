@@ -26,7 +26,7 @@ import random
 from dataclasses import dataclass
 
 from ..config import FAMILIES, HAYSTACKS, LOCAL
-from ..seeds import FILLER, NEEDLE_EVAL, stream_rng
+from ..seeds import FILLER, NEEDLE_EVAL, NEEDLE_SELECT, stream_rng
 from .embedded import ADJECTIVES, NOUNS, filler_sentence, invented_word, make_document
 
 TRAINING_HAYSTACK = "filler"
@@ -274,6 +274,16 @@ def needle_documents(tokenizer, family: str, haystack: str, length: int, depths,
             doc = needle_document(tokenizer, pool, family, length, depth, gap, rng, with_ids)
             rows.append({**doc, "family": family, "haystack": haystack, "length": length, "depth": str(depth)})
     return rows
+
+
+def validation_documents(tokenizer, family: str, length: int, count: int, seed: int, gap: int) -> list[dict]:
+    """`count` documents of `family` at `length` tokens, needles at depth 0%, on the validation
+    split of the training filler (never an evaluation haystack or document): what a choice made
+    during training, such as the shared first stage's, is scored on."""
+    pool = SentencePool.build(tokenizer, seed, "validation")
+    return [needle_document(tokenizer, pool, family, length, 0, gap, stream_rng(seed, NEEDLE_SELECT, length,
+                                                                                 f"{family}-{k}"), with_ids=True)
+            for k in range(count)]
 
 
 def needle_sample(tokenizer, pool: SentencePool, family: str, length: int, rng) -> tuple[list[int], list[int]]:

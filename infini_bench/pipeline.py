@@ -37,7 +37,7 @@ from .leaderboard import UNHASHED_RUN_FIELDS, RunsDisagree, write_leaderboard
 from .models import build_model
 from .paths import source_commit
 from .probes import probe_memory
-from .seeds import BOOTSTRAP, stream_seed
+from .seeds import BOOTSTRAP, FIRST_STAGE_TRIAL, stream_rng, stream_seed
 from .stats import Metric, block_length, bootstrap_interval
 from .suites import ModelSpec
 from .training import (NonFiniteLoss, check_checkpoint, eval_batch_size, latest_checkpoint, load_matching_weights,
@@ -255,7 +255,8 @@ def shared_first_stage(config, data, stages, suite_seed: int | None = None) -> t
     if t.first_stage_candidates > 1:
         resolved["selection"] = {"candidates": t.first_stage_candidates, "trial_steps": t.first_stage_trial_steps,
                                  "trial_length": TRIAL_LENGTH,
-                                 "trial_documents": TRIAL_DOCUMENTS, "second_stage": t.curriculum[1]}
+                                 "trial_documents": TRIAL_DOCUMENTS, "trial_samples": "random draw",
+                                 "second_stage": t.curriculum[1]}
     if distributed.world_size() > 1:
         resolved["data_parallel_processes"] = distributed.world_size()
     resolved = json.loads(json.dumps(resolved, default=str))
@@ -359,8 +360,10 @@ def first_stage_trial(config, stages, device, folder: Path, seed: int) -> dict:
     model = build_model(config.model_config(config.shared_stage_model, vocab_size=model_vocab_size(stages[0].tokenizer)))
     load_matching_weights(model, folder)
     second = stages[1]
-    steps = min(len(second.train), t.first_stage_trial_steps * t.batch_size)
-    trial_data = dataclasses.replace(second, train=second.train.select(range(steps)))
+    # A random draw of the stage's samples (they are stored corpus first, retrieval documents after).
+    count = min(len(second.train), t.first_stage_trial_steps * t.batch_size)
+    picked = sorted(stream_rng(config.data.seed, FIRST_STAGE_TRIAL, "train").sample(range(len(second.train)), count))
+    trial_data = dataclasses.replace(second, train=second.train.select(picked))
     set_seed(seed)
     model, _ = train(model, trial_data, folder / "trial", dataclasses.replace(
         t.for_stage({**t.curriculum[1], "max_epochs": 1}), seed=seed), config.evaluation, device)
@@ -368,7 +371,7 @@ def first_stage_trial(config, stages, device, folder: Path, seed: int) -> dict:
                                      config.evaluation.needle_gap)
     cell = retrieval_cell(model.to(device), second.tokenizer, documents, config.evaluation.batch_size, device,
                           autocast_dtype(device))
-    return {"trial_steps": -(-steps // t.batch_size), "length": TRIAL_LENGTH, "documents": len(documents),
+    return {"trial_steps": -(-count // t.batch_size), "length": TRIAL_LENGTH, "documents": len(documents),
             "correct": sum(cell["correct"]), "answer_logprob": float(np.mean(cell["answer_logprob"])),
             "trial_time_s": time.perf_counter() - start}
 

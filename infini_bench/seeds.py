@@ -16,6 +16,7 @@ DOCUMENT_SPLIT = "document-split"  # which split each document of a text source 
 RETRIEVAL_TRAIN = "passkey-samples"  # retrieval documents mixed into the samples (stage; split)
 NEEDLE_EVAL = "needle-eval"        # the retrieval grid and the infini_niah / infini_vt tasks
 NEEDLE_SELECT = "needle-select"    # validation documents that choose the shared first stage
+FIRST_STAGE_TRIAL = "first-stage-trial"  # which second-stage samples a first-stage candidate is tried on
 FILLER = "filler"                  # haystack sentence pools (stage: haystack kind; split)
 REVERSAL_FACTS = "reversal-facts"  # invented reversal facts
 REVERSAL_ORDER = "reversal-order"  # order of the repeated fact sentences in training

@@ -1073,17 +1073,35 @@ SWEEP_METRICS = {  # file-name stem: (label, getter, digits, lower is better)
     "test-ppl": ("test PPL", lambda r: r["test"]["ppl"], 3, True),
     "recall-ppl": ("test recall-token PPL", lambda r: r["test"].get("recall_ppl"), 2, True),
     "backward-acc": ("backward acc", lambda r: r.get("reversal", {}).get("backward_acc"), 3, False),
-    "retrieval-acc": ("retrieval acc", lambda r: float(np.mean(_target(r))) if _target(r) else None, 3, False),
 }
 
 
-def _target(r, depths=None) -> list[int]:
-    """A sweep trial's retrieval outcomes (its suite's retrieval cells) at the scored depths, or
-    at `depths`."""
-    if "retrieval" not in r:
+def sweep_targets(runs: dict) -> list[tuple]:
+    """The retrieval targets of a sweep's trials: (family, haystack, length), in order."""
+    return sorted({(c["family"], c["haystack"], c["length"]) for r in runs.values() if "retrieval" in r
+                   for c in r["retrieval"]["cells"]})
+
+
+def _target_label(target) -> str:
+    family, haystack, length = target
+    return f"{family} {haystack} {_length_label(length)}"
+
+
+def _target(r, target, depths=None) -> list[int]:
+    """A sweep trial's outcomes on one retrieval target at the scored depths, or at `depths`."""
+    if r is None or "retrieval" not in r:
         return []
-    depths = depths or _scored_depths(r)
-    return [x for c in r["retrieval"]["cells"] if c["depth"] in depths for x in c["correct"]]
+    family, haystack, length = target
+    return _cells(r, family, haystack, length, depths or _scored_depths(r))
+
+
+def _sweep_metrics(runs: dict) -> dict:
+    """SWEEP_METRICS and an accuracy heatmap per retrieval target."""
+    return {**SWEEP_METRICS, **{
+        f"retrieval-{'-'.join(map(str, t))}": (f"{_target_label(t)} acc",
+                                                lambda r, t=t: float(np.mean(_target(r, t))) if _target(r, t) else None,
+                                                2, False)
+        for t in sweep_targets(runs)}}
 
 
 def sweep_table(trials, runs: dict):
@@ -1105,14 +1123,14 @@ def sweep_table(trials, runs: dict):
         row = {"trial": t["trial"], **{k: t[k] for k in ("memory_type", "num_memories", "lr") if k in t},
                "status": status}
         for label, get, digits, _ in SWEEP_METRICS.values():
-            if label != "retrieval acc" and any(get(x) is not None for x in runs.values()):
+            if any(get(x) is not None for x in runs.values()):
                 row[label] = _fmt(get(r), digits) if r is not None else "—"
-        if any(_target(x) for x in runs.values()):
-            outcomes = _target(r) if r is not None else []
-            row["retrieval acc [95% Wilson]"] = (f"{_wilson_cell(outcomes)} (n = {len(outcomes)})" if outcomes
-                                                 else "—")
-            local = _target(r, [LOCAL]) if r is not None else []
-            row["local control"] = _wilson_cell(local) if local else "—"
+        for target in sweep_targets(runs):
+            outcomes = _target(r, target)
+            row[f"{_target_label(target)} [95% Wilson]"] = (f"{_wilson_cell(outcomes)} (n = {len(outcomes)})"
+                                                            if outcomes else "—")
+            if any(_target(x, target, [LOCAL]) for x in runs.values()):
+                row[f"{_target_label(target)} local control"] = _wilson_cell(_target(r, target, [LOCAL]))
         row["epochs run"] = r["epochs_trained"] if r is not None else "—"
         row["train time"] = f"{r['train_time_s'] / 60:.1f} min" if r is not None else "—"
         if best.get((t.get("memory_type"), t.get("num_memories"))) == t["trial"]:
@@ -1127,7 +1145,7 @@ def plot_sweep(trials, runs: dict, plot_dir: Path, name: str) -> list[Path]:
     rates = sorted({t.get("lr") for t in trials}, key=lambda v: (v is None, v))
     types = sorted({t.get("memory_type") or "" for t in trials})
     paths = []
-    for stem, (label, get, digits, lower) in SWEEP_METRICS.items():
+    for stem, (label, get, digits, lower) in _sweep_metrics(runs).items():
         if not any(get(r) is not None for r in runs.values()):
             continue
         fig = Figure(figsize=(1.3 * len(rates) + 2.5, 0.5 * len(memories) + 1.8))
@@ -1171,24 +1189,27 @@ def write_sweep_leaderboard(trials, root: Path, leaderboard_dir: Path, name: str
                   f"{len(runs)} finished, {len(failed)} failed; each row's numbers come from "
                   f"`runs/sweeps/{name}/<trial>/results.json`. Bold: the best validation PPL for each "
                   f"memory count (trial name and that PPL only).", ""]
-        if "retrieval" in first:
-            cells = sorted({(c["family"], c["haystack"], c["length"]) for c in first["retrieval"]["cells"]})
+        targets = sweep_targets(runs)
+        if targets:
             grid = first["retrieval"]
-            lines += [f"Retrieval target: {', '.join(f'{f} on the {h} haystack at {_length_label(n)} tokens' for f, h, n in cells)}; "
-                      f"accuracy = exact match over the scored depths ({', '.join(d + '%' for d in _scored_depths(first))}, "
+            lines += [f"Retrieval targets: {'; '.join(f'{f} on the {h} haystack at {_length_label(n)} tokens' for f, h, n in targets)}. "
+                      f"Accuracy = exact match over the scored depths ({', '.join(d + '%' for d in _scored_depths(first))}, "
                       f"{grid['docs_per_cell']} documents each; needles at least {grid['needle_gap']} tokens before the "
-                      f"question) with its 95% Wilson interval; the local control (needles right before the question) "
-                      f"apart. Guessing among the document's answers: {FAMILY_TEXT[cells[0][0]][1]}. Trials are "
-                      f"selected on nothing here: every one is shown.", ""]
-            learnt = [_above_chance(_target(r, [LOCAL]), cells[0][0]) for r in runs.values()]
-            if all(v is None for v in learnt):
-                lines += ["No local control was scored at the target, so nothing here checks that the task was "
-                          "learnt: a trial at the guessing level may mean the task, not the memories, failed.", ""]
-            elif not any(learnt):
-                lines += ["**This sweep cannot show what memory count does to retrieval.** No trial's local control "
-                          "(needles right before the question) is above the guessing level at its 95% Wilson lower "
-                          "bound: the task was not learnt, so the accuracies below measure that, not the memories.",
-                          ""]
+                      f"question), with its 95% Wilson interval and n; the local control (needles right before the "
+                      f"question) apart. Guessing: {'; '.join(f'{f} {FAMILY_TEXT[f][1]}' for f in dict.fromkeys(t[0] for t in targets))}. "
+                      f"Trials are selected on nothing here: every one is shown, and no two are tested against each "
+                      f"other (overlapping intervals are not evidence of equal accuracy).", ""]
+            for target in targets:
+                learnt = [_above_chance(_target(r, target, [LOCAL]), target[0]) for r in runs.values()]
+                if all(v is None for v in learnt):
+                    lines += [f"{_target_label(target)}: no local control was scored, so nothing here checks that "
+                              f"the task was learnt: a trial at the guessing level may mean the task, not the "
+                              f"memories, failed.", ""]
+                elif not any(learnt):
+                    lines += [f"**{_target_label(target)} cannot show what memory count does to retrieval.** No "
+                              f"trial's local control (needles right before the question) is above the guessing "
+                              f"level at its 95% Wilson lower bound: the task was not learnt, so these accuracies "
+                              f"measure that, not the memories.", ""]
     lines += [_markdown(sweep_table(trials, runs)), ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     path = leaderboard_dir / f"{name}.md"

@@ -64,7 +64,8 @@ def test_one_row_per_trial_with_the_trials_own_numbers(smoke_sweep):
             best[t["num_memories"]] = (t["trial"], results["best_val_ppl"])
     for trial, _ in best.values():
         assert rows[trial].count("**") >= 2  # the best of each memory count is bold
-    assert "Retrieval target: multikey on the filler haystack at 512 tokens" in text
+    assert "Retrieval targets: multikey on the filler haystack at 512 tokens." in text
+    assert "multikey filler 512 [95% Wilson]" in text and "multikey filler 512 local control" in text
     # The leaderboard says the sweep cannot show a memory-count effect exactly when no trial's local
     # control is above the guessing level (multikey: 1/4) at its Wilson lower bound.
     learnt = []
@@ -73,7 +74,7 @@ def test_one_row_per_trial_with_the_trials_own_numbers(smoke_sweep):
         local = [x for c in cells if c["depth"] == "local" for x in c["correct"]]
         learnt.append(wilson(sum(local) / len(local), len(local))[0] > 1 / 4)
     assert ("cannot show what memory count does to retrieval" in text) == (not any(learnt))
-    for stem in ("val-ppl", "recall-ppl", "backward-acc", "retrieval-acc"):
+    for stem in ("val-ppl", "recall-ppl", "backward-acc", "retrieval-multikey-filler-512"):
         png = smoke_sweep / "leaderboard" / "sweeps" / "plots" / f"smoke-{stem}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in text
 

@@ -24,7 +24,7 @@ from .paths import source_commit
 from .seeds import BOOTSTRAP, stream_seed
 from .data.needles import LOCAL
 from .stats import (MIN_BLOCKS, Metric, bootstrap_interval, holm, mean_ci, newcombe, paired_binary, paired_bootstrap,
-                    paired_t, pairing_permutation, wilson)
+                    paired_t, pairing_permutation, ratio_change, wilson)
 from .suites import find_suite, read_suite
 
 
@@ -391,6 +391,8 @@ def _pm_ci(values) -> str:
 
 
 def _length_label(n: int) -> str:
+    if n == 0:
+        return "0"
     return f"{n // 1048576}M" if n % 1048576 == 0 else f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
@@ -464,10 +466,20 @@ def _documents(r, family, haystack, length, depths) -> list[str]:
             and c["depth"] in depths for x in c["documents"]]
 
 
+# The pre-specified primary comparison: single NIAH on the training filler (the family the suites train
+# most), each memory model against the floor at every length beyond the floor's window.
+PRIMARY = ("single", "filler")
+
+
 def floor_differences(results, cells) -> dict:
     """(model, family, haystack, length) -> memory model minus the floor, paired over the scored
-    documents (`stats.paired_binary`), Holm-adjusted over every comparison of the section."""
+    documents (`stats.paired_binary`), with its `family`: *in view* (the length fits the floor's
+    window: every needle is readable without memory, so no test), *primary* (PRIMARY beyond the
+    window) or *secondary* (every other cell beyond it). Holm within the primary and within the
+    secondary family, over the comparisons with a discordant document (the others cannot reach any
+    level, so they are left out of the count, as Tarone 1990 does for discrete tests)."""
     floor = next(r for r in results if r["retrieval"]["context_limit"] is not None)
+    limit = floor["retrieval"]["context_limit"]
     out = {}
     for r in results:
         if r is floor:
@@ -477,10 +489,14 @@ def floor_differences(results, cells) -> dict:
             if _documents(r, family, haystack, length, depths) != _documents(floor, family, haystack, length, depths):
                 raise RunsDisagree(f"runs: {r['model']} and the floor scored different {family}/{haystack}/{length} "
                                    f"documents; rerun both with the same data seed and tokenizer")
-            out[(r["model"], family, haystack, length)] = paired_binary(
-                _cells(r, family, haystack, length, depths), _cells(floor, family, haystack, length, depths))
-    for test, p in zip(out.values(), holm([t["p"] for t in out.values()])):
-        test["holm_p"] = p
+            test = paired_binary(_cells(r, family, haystack, length, depths), _cells(floor, family, haystack, length, depths))
+            test["family"] = ("in view" if length <= limit else "primary" if (family, haystack) == PRIMARY
+                              else "secondary")
+            out[(r["model"], family, haystack, length)] = test
+    for name in ("primary", "secondary"):
+        tested = [t for t in out.values() if t["family"] == name and t["discordant"]]
+        for test, p in zip(tested, holm([t["p"] for t in tested])):
+            test["holm_p"] = p
     return out
 
 
@@ -492,7 +508,7 @@ def difference_table(results, differences, family, haystack, lengths):
         row = {"model": r["model"]}
         for length in lengths:
             t = differences[(r["model"], family, haystack, length)]
-            mark = " *" if t["holm_p"] < 0.05 else ""
+            mark = " (in view)" if t["family"] == "in view" else " *" if t.get("holm_p", 1.0) < 0.05 else ""
             row[_length_label(length)] = f"{t['difference']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]{mark}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -542,6 +558,15 @@ def _above_chance(outcomes, family) -> bool | None:
     return wilson(sum(outcomes) / len(outcomes), len(outcomes))[0] > FAMILY_CHANCE[family] if outcomes else None
 
 
+def local_control_gaps(results, family, haystack) -> list[str]:
+    """"<reader> at <length>" for every length where a reader that passed `learnt_locally` pooled has
+    its local control at the guessing level: there its score cannot show its memory either."""
+    pooled = learnt_locally(results, family, haystack)
+    lengths = sorted({c["length"] for c in results[0]["retrieval"]["cells"] if (c["family"], c["haystack"]) == (family, haystack)})
+    return [f"{_reader(r)} at {_length_label(n)}" for r in results if pooled[_reader(r)]
+            for n in lengths if _above_chance(_cells(r, family, haystack, n, [LOCAL]), family) is False]
+
+
 def local_control_verdict(checked: dict) -> str:
     """What a family table can show, from `learnt_locally`: a sentence, empty when every reader passed."""
     if not checked or all(v is None for v in checked.values()):
@@ -589,22 +614,36 @@ def retrieval_section(results, plot_dir: Path, suite: str) -> list[str]:
         lines += ["", f"Tables that cannot show a memory effect (no model's local control above the guessing "
                   f"level): {', '.join(unusable)}."]
     if has_floor:
-        lines += ["", "*Pythia (last N)* is the baseline reading only the last N tokens of every input (its "
-                  "context): the floor of a model without memory. A needle within its window is readable "
-                  "without memory, so at lengths up to N the floor reads every needle. *Difference to the floor*: "
-                  "the memory model's accuracy minus the floor's on the same documents, with Newcombe's 95% "
-                  "score interval for paired proportions; * = McNemar exact p < 0.05 after Holm over the "
-                  f"{len(differences)} comparisons of this section. That difference is what the memory adds; an "
-                  "interval that holds 0 is not evidence that it adds nothing."]
+        counts = {name: sum(1 for t in differences.values() if t["family"] == name and "holm_p" in t)
+                  for name in ("primary", "secondary")}
+        limit = next(r for r in results if r["retrieval"]["context_limit"] is not None)["retrieval"]["context_limit"]
+        lines += ["", f"*Pythia (last N)* is the baseline reading only the last N tokens of every input (its "
+                  f"context): the floor of a model without memory. At lengths up to N ({limit:,}) every needle is "
+                  f"in the floor's view, so what it scores there is how well it learnt the task, and a difference "
+                  f"to it there, marked *(in view)*, is not a memory comparison and is not tested. *Difference to "
+                  f"the floor*: the memory model's accuracy minus the floor's on the same documents, with "
+                  f"Newcombe's 95% score interval for paired proportions; * = McNemar exact p < 0.05 after Holm "
+                  f"within its family. The primary family, fixed before any run: {PRIMARY[0]} NIAH on the "
+                  f"{PRIMARY[1]} haystack beyond N, every memory model ({counts['primary']} comparisons with a "
+                  f"discordant document; those with none cannot reach any level and are not counted). The "
+                  f"secondary family: every other cell beyond N ({counts['secondary']} of them with a discordant document). That "
+                  f"difference is what the memory adds; an interval that holds 0 is not evidence that it adds "
+                  f"nothing."]
     for family, haystack in pairs:
         table, lengths = retrieval_table(results, family, haystack)
         asks, chance = FAMILY_TEXT[family]
         local, _ = retrieval_table(results, family, haystack, [LOCAL])
         verdict = local_control_verdict(learnt_locally(results, family, haystack))
+        gaps = local_control_gaps(results, family, haystack)
+        if gaps:
+            verdict += (" " if verdict else "") + (
+                f"Local control at the guessing level at a length although above it pooled: {', '.join(gaps)}; "
+                f"there the score cannot separate a memory that fails from a task not learnt at that length.")
         lines += ["", f"### {family}, {haystack} haystack", "",
                   f"Asks for {asks}; haystack: {HAYSTACK_TEXT[haystack]}. Guessing among the document's "
                   f"answers: {chance}.", "", *([verdict, ""] if verdict else []), _markdown(table), "",
-                  f"Local control (needles right before the question; n = {n} a length):", "", _markdown(local), ""]
+                  f"Local control (needles right before the question; n = {n} a length; — = not scored at that "
+                  f"length):", "", _markdown(local), ""]
         if has_floor:
             lines += ["Difference to the floor:", "",
                       _markdown(difference_table(results, differences, family, haystack, lengths)), ""]
@@ -622,12 +661,15 @@ def _recall_metric(r, low, high) -> Metric | None:
 
 def recall_ppl_section(results, rng) -> list[str]:
     """Recall-token PPL of the fact-recall document by distance since statement [95% bootstrap
-    over recalls], and each memory model's difference to the floor (paired over recalls)."""
+    over recalls]; each memory model's difference to the floor (paired over recalls), and how that
+    advantage changes from the bins the floor can see to the ones it cannot (`stats.ratio_change`)."""
     doc = results[0]["long_ppl"]
     edges = sorted(tuple(map(int, b.split("-"))) for b in doc["recall_ppl"])
     bins = [f"{_length_label(low)}–{_length_label(high)}" for low, high in edges]
-    table, differences = [], []
+    table, differences, changes = [], [], []
     floor = next((r for r in results if r["long_ppl"]["context_limit"] is not None), None)
+    limit = floor["long_ppl"]["context_limit"] if floor is not None else None
+    in_view = [(label, edge) for label, edge in zip(bins, edges) if limit is not None and edge[1] <= limit]
     for r in results:
         row = {"model": _reader(r)}
         for label, (low, high) in zip(bins, edges):
@@ -636,27 +678,47 @@ def recall_ppl_section(results, rng) -> list[str]:
                           f"{_with_ci(metric.value(), bootstrap_interval(metric, 1, 1, rng))} "
                           f"(n = {len(metric.numerator)})")
         table.append(row)
-        if floor is not None and r is not floor:
-            row = {"model": r["model"]}
-            for label, (low, high) in zip(bins, edges):
-                mine, theirs = _recall_metric(r, low, high), _recall_metric(floor, low, high)
-                if mine is None:
-                    row[label] = "—"
-                    continue
-                t = paired_bootstrap([mine], [theirs], 1, 1, rng)
-                row[label] = f"{t['difference']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]"
-            differences.append(row)
+        if floor is None or r is floor:
+            continue
+        row, change = {"model": r["model"]}, {"model": r["model"]}
+        for label, (low, high) in zip(bins, edges):
+            mine, theirs = _recall_metric(r, low, high), _recall_metric(floor, low, high)
+            if mine is None:
+                row[label] = "—"
+                continue
+            t = paired_bootstrap([mine], [theirs], 1, 1, rng)
+            row[label] = f"{t['difference']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]"
+            if in_view and high > limit:
+                near = _recall_metric(r, *in_view[0][1]), _recall_metric(floor, *in_view[0][1])
+                if near[0] is not None:
+                    c = ratio_change(*near, mine, theirs, rng)
+                    change[label] = f"{c['ratio']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
+        differences.append(row)
+        if len(change) > 1:
+            changes.append(change)
     lines = ["## Long-document recall PPL by distance since statement", "",
              f"One document of {doc['tokens']:,} tokens in which each fact (a person's number, in the corpus's "
              f"words) is stated once and recalled once later; PPL of the recalled number's tokens, binned by the "
              f"tokens between the statement and the recall, as many recalls drawn in each bin. Memory models read "
              f"the whole document through their memory; the floor predicts each recall from the last tokens of "
-             f"its window. 95% percentile bootstrap over recalls; n = recalls in the bin.", "",
+             f"its window. 95% percentile bootstrap over recalls; n = recalls in the bin. One document, one draw "
+             f"of facts: the intervals cover the recalls within it, not other documents.", "",
              _markdown(pd.DataFrame(table)), ""]
     if differences:
         lines += ["Difference to the floor (PPL, memory model minus floor; paired bootstrap over recalls): "
-                  "negative = the memory lowers the PPL of recalls beyond its window.", "",
+                  "negative = lower PPL than the floor. "
+                  + (f"The {in_view[0][0]} bin is in the floor's view (its window, {limit:,} tokens, holds the "
+                     f"statement), so a difference there is not memory: it is how well each model predicts a "
+                     f"recalled number at all. A model far above the floor there too is worse at the recall "
+                     f"tokens themselves, whatever it remembers." if in_view else ""), "",
                   _markdown(pd.DataFrame(differences)), ""]
+    if changes:
+        lines += [f"What the memory adds beyond the floor's window: (memory / floor PPL in the bin) ÷ (memory / "
+                  f"floor PPL in the {in_view[0][0]} bin), a difference in differences on the ratio scale, with a "
+                  f"95% bootstrap interval (each bin's recalls resampled on their own, paired between the models). "
+                  f"Below 1: the model's advantage over the floor grows when the statement leaves the floor's "
+                  f"view, the part a memory can explain; 1: the same advantage at every distance, which needs "
+                  f"no memory.", "", _markdown(pd.DataFrame(changes)), ""]
     return lines
 
 
@@ -956,7 +1018,24 @@ def first_stage_lines(results) -> list[str]:
             f"second stage and scored on {c0['documents']} validation documents (single NIAH, "
             f"{_length_label(c0['length'])} tokens, needle at depth 0%, training filler's validation split; correct, "
             f"mean answer log-prob): {tried}. Kept: seed {stage['kept_seed']}, the best (accuracy, then log-prob). "
-            f"The choice is made on validation documents only, never on the scored grid below.", ""]
+            f"The choice is made on validation documents only, never on the scored grid below. Every later stage, the data "
+            f"and the tables' seed stay the suite's seed ({results[0]['seed']}); only the first stage's weights come from "
+            f"seed {stage['kept_seed']}.", ""]
+
+
+def _own_documents(r) -> str:
+    """The protocol sentence's list of the metrics scored on items of their own, as the run has them."""
+    parts = (["the reversal metrics score trained and control facts"] if "reversal" in r else []) + \
+            [f"the {' and '.join(x for x, key in (('retrieval', 'retrieval'), ('long-document', 'long_ppl')) if key in r)} "
+             f"metrics score documents of their own"] * any(key in r for key in ("retrieval", "long_ppl"))
+    return "; " + ", ".join(parts) if parts else ""
+
+
+def _other_intervals(r) -> str:
+    """The protocol sentence's intervals for facts and accuracies, as the run has them."""
+    parts = (["over facts", "Wilson (Newcombe for differences) for reversal accuracies"] if "reversal" in r else []) + \
+            (["Wilson (Newcombe for differences) for retrieval accuracies"] if "retrieval" in r else [])
+    return ", or " + "; ".join(parts) if parts else ""
 
 
 def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None, reference="Single Memory"):
@@ -977,13 +1056,12 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
               f"(per-item losses: `per_item.json`).", "",
               "Protocol: early stopping and the kept checkpoint are chosen on the validation split; every "
               "held-out language-modelling number below (PPL, recall-token PPL, PPL by position) is on the "
-              "test split, which nothing is selected on; the reversal metrics score trained and control facts, the "
-              "retrieval and long-document metrics documents of their own. Samples are consecutive cuts of "
+              f"test split, which nothing is selected on{_own_documents(first)}. Samples are consecutive cuts of "
               "each split's token stream (documents EOS-joined, the first cut at an arbitrary offset), so a "
               "sample starts anywhere in a document. Intervals: 95% percentile bootstrap (10,000 resamples) "
               "over test samples in circular blocks of consecutive samples (neighbours share documents; in "
-              "stream scope the blocks are whole evaluation batches, since the memory links them too), or "
-              "over facts; Wilson (Newcombe for differences) for reversal accuracies.", ""]
+              "stream scope the blocks are whole evaluation batches, since the memory links them too)"
+              f"{_other_intervals(first)}.", ""]
     lines += first_stage_lines(results)
     lines += [f"## Summary (seed {first['seed']})", "", _markdown(summary_table(results)), "",
               "stop: *early stop* = patience ran out; *capped* = reached max_epochs while its last epoch still "
@@ -993,7 +1071,8 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
     lines += ["## Learning curves (train / validation PPL)", "", _markdown(curves_table(results)), "",
               f"![learning curves](plots/{plots[0].name})", ""]
     lines += ["## Test PPL by token position [95% CI]", "",
-              "Position p = the loss of predicting token p + 1 from the p + 1 tokens before it in the sample.", "",
+              f"Position p = the loss of predicting token p + 1 from the p + 1 tokens before it in the sample; "
+              f"n = {first['data']['test_samples']} test samples a cell, 95% block bootstrap over them.", "",
               _markdown(position_table(results)), "", f"![position-wise PPL](plots/{plots[1].name})", ""]
     if len(groups) > 1:
         reference = reference if reference in groups else next(iter(groups))

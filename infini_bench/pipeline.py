@@ -339,10 +339,15 @@ def _first_stage_candidate(config, stages, device: str, folder: Path, seed: int,
     distributed.barrier()
 
 
+def _shared_stage_model(config, stages):
+    """A fresh model of the suite's shared first stage (training.shared_first_stage)."""
+    return build_model(config.model_config(config.shared_stage_model, vocab_size=model_vocab_size(stages[0].tokenizer)))
+
+
 def _train_first_stage(config, stages, device, folder: Path, seed: int, resume: bool) -> float:
     """The shared stage model's first stage with `seed` in `folder`; returns its training time."""
     set_seed(seed)
-    model = build_model(config.model_config(config.shared_stage_model, vocab_size=model_vocab_size(stages[0].tokenizer)))
+    model = _shared_stage_model(config, stages)
     limit = context_limit(model)
     stage = stages[0] if limit is None else windowed(stages[0], limit)
     training = dataclasses.replace(config.training.for_stage(config.training.curriculum[0]), seed=seed)
@@ -357,7 +362,7 @@ def first_stage_trial(config, stages, device, folder: Path, seed: int) -> dict:
     TRIAL_DOCUMENTS validation documents."""
     start = time.perf_counter()
     t = config.training
-    model = build_model(config.model_config(config.shared_stage_model, vocab_size=model_vocab_size(stages[0].tokenizer)))
+    model = _shared_stage_model(config, stages)
     load_matching_weights(model, folder)
     second = stages[1]
     # A random draw of the stage's samples (they are stored corpus first, retrieval documents after).

@@ -106,6 +106,19 @@ def paired_bootstrap(runs_a: list[Metric], runs_b: list[Metric], block: int, ali
             "p": float((extreme + 1) / (len(resampled) + 1))}
 
 
+def ratio_change(near_a: Metric, near_b: Metric, far_a: Metric, far_b: Metric, rng: np.random.Generator) -> dict:
+    """How much more model a beats model b on far items than on near ones: (a / b on the far items) /
+    (a / b on the near items), each set scored by both models. A difference in differences on the
+    ratio scale, for a PPL; 1 = the same advantage on both. 95% percentile bootstrap: each set
+    resampled on its own (item by item), paired between the models within it."""
+    near = block_indices(len(near_a.numerator), 1, 1, rng)
+    far = block_indices(len(far_a.numerator), 1, 1, rng)
+    observed = (far_a.value() / far_b.value()) / (near_a.value() / near_b.value())
+    resampled = (far_a.value(far) / far_b.value(far)) / (near_a.value(near) / near_b.value(near))
+    return {"ratio": float(observed), "ci95": [float(np.nanpercentile(resampled, 2.5)),
+                                               float(np.nanpercentile(resampled, 97.5))]}
+
+
 def mean_ci(values) -> tuple[float, float, int]:
     """Mean, half-width of its 95% t-interval (nan for one value), n; None values are skipped."""
     values = np.asarray([v for v in values if v is not None], dtype=float)
@@ -202,4 +215,5 @@ def paired_binary(a, b) -> dict:
     below = np.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
     above = np.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
     p = float(stats.binomtest(only_a, only_a + only_b).pvalue) if only_a + only_b else 1.0
-    return {"difference": p1 - p2, "n": n, "p": p, "ci95": [float(p1 - p2 - below), float(p1 - p2 + above)]}
+    return {"difference": p1 - p2, "n": n, "p": p, "discordant": only_a + only_b,
+            "ci95": [float(p1 - p2 - below), float(p1 - p2 + above)]}

@@ -1,8 +1,16 @@
 """The retrieval section says when a table cannot show a memory effect: a model whose local
-control (needle in view) is at the guessing level has not learnt the task, whatever its memory."""
+control (needle in view) is at the guessing level has not learnt the task, whatever its memory.
+Differences to the floor are tested only beyond its window, in a pre-specified primary family;
+the recall-PPL section separates what a memory adds from what needs none."""
+
+import math
+
+import numpy as np
+import pytest
 
 from infini_bench.data.needles import LOCAL
-from infini_bench.leaderboard import learnt_locally, local_control_verdict, retrieval_section
+from infini_bench.leaderboard import (floor_differences, learnt_locally, local_control_gaps, local_control_verdict,
+                                      recall_ppl_section, retrieval_section)
 
 
 def run(model, limit, local, scored=0, family="single", n=20):
@@ -62,3 +70,64 @@ def test_a_local_control_kept_only_to_a_length_leaves_the_longer_cells_empty(tmp
     scored = [line for line in text.splitlines() if line.startswith("| Single Memory")][0]
     assert "—" not in scored and scored.count("0.60 [") == 2
     assert (tmp_path / "long-retrieval-single-filler.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def with_family(result, family, scored):
+    """`result` with a second family's cells (scored documents right at depth 0)."""
+    extra = run(result["model"], result["retrieval"]["context_limit"], 20, scored=scored, family=family)
+    result["retrieval"]["cells"] += extra["retrieval"]["cells"]
+    return result
+
+
+def test_floor_differences_in_view_are_not_tested_and_holm_runs_within_each_family(tmp_path):
+    # Floor: 3/20 single, 0/20 multikey. A: 12/20 single, 12/20 multikey. B: 12/20 single, 0/20 multikey.
+    results = [with_family(run("Floor", 2048, 19, scored=3), "multikey", 0),
+               with_family(run("A", None, 17, scored=12), "multikey", 12),
+               with_family(run("B", None, 17, scored=12), "multikey", 0)]
+    cells = [(f, "filler", n) for f in ("single", "multikey") for n in (1024, 4096)]
+    tests = floor_differences(results, cells)
+    assert {t["family"] for k, t in tests.items() if k[3] == 1024} == {"in view"}
+    assert not any("holm_p" in t for k, t in tests.items() if k[3] == 1024)  # in view: never tested
+    primary = [tests[(m, "single", "filler", 4096)] for m in ("A", "B")]
+    assert all(t["family"] == "primary" for t in primary)
+    # Two primary tests, each 9 discordant documents one way: McNemar p = 2 / 2^9, Holm x2.
+    assert [t["holm_p"] for t in primary] == pytest.approx([2 * 2 / 2 ** 9] * 2)
+    # Secondary: A's multikey (12 discordant) is the only test with a discordant document; B's 0 vs 0 is left out.
+    a, b = tests[("A", "multikey", "filler", 4096)], tests[("B", "multikey", "filler", 4096)]
+    assert a["family"] == b["family"] == "secondary" and a["holm_p"] == pytest.approx(a["p"]) and "holm_p" not in b
+    text = "\n".join(retrieval_section(results, tmp_path, "long"))
+    differences = text.split("### single, filler haystack")[1].split("Difference to the floor:")[1].split("![")[0]
+    (row,) = [line for line in differences.splitlines() if line.startswith("| A ")]
+    assert "(in view)" in row.split("|")[2] and row.split("|")[3].strip().endswith("*")
+    assert "(2 comparisons with a discordant document" in text and "(1 of them with a discordant document)" in text
+
+
+def test_a_local_control_at_chance_at_one_length_is_named_even_when_it_passes_pooled(tmp_path):
+    results = [run("Floor", 2048, 19, scored=3), run("Single Memory", None, 17, scored=12)]
+    for c in results[1]["retrieval"]["cells"]:
+        if (c["length"], c["depth"]) == (4096, LOCAL):
+            c["correct"] = [1] + [0] * 19  # 1/20: Wilson lower bound 0.009, below 1/40
+    assert learnt_locally(results, "single", "filler") == {"Pythia (last 2,048)": True, "Single Memory": True}
+    assert local_control_gaps(results, "single", "filler") == ["Single Memory at 4K"]
+    text = "\n".join(retrieval_section(results, tmp_path, "long"))
+    assert "at a length although above it pooled: Single Memory at 4K" in text
+
+
+def test_recall_ppl_says_what_the_memory_adds_beyond_the_floors_window():
+    rng = np.random.default_rng(0)
+    edges = [(0, 2048), (2048, 16384)]
+
+    def doc(limit, far_shift):
+        recalls = [{"distance": low + 10, "nll": 3.0 + (far_shift if low else 0.0) + 0.1 * (i % 5), "tokens": 1}
+                   for low, _ in edges for i in range(30)]
+        return {"model": "M" if limit is None else "Floor",
+                "long_ppl": {"context_limit": limit, "tokens": 1 << 20, "recalls": recalls,
+                             "recall_ppl": {f"{low}-{high}": 1.0 for low, high in edges}}}
+
+    floor, memory = doc(2048, 1.0), doc(None, 0.0)  # the floor is worse far away; the memory is not
+    text = "\n".join(recall_ppl_section([floor, memory], rng))
+    assert "| 0–2K " in text and "0M" not in text
+    assert "The 0–2K bin is in the floor's view" in text
+    change = text.split("What the memory adds beyond the floor's window")[1]
+    (row,) = [line for line in change.splitlines() if line.startswith("| M ")]
+    assert f"{math.exp(-1.0):.2f} [" in row

@@ -8,7 +8,7 @@ from scipy import stats
 
 from infini_bench.pipeline import stopping
 from infini_bench.stats import (Metric, block_indices, block_length, bootstrap_interval, holm, mean_ci, newcombe,
-                                paired_bootstrap, paired_t, pairing_permutation, wilson)
+                                paired_bootstrap, paired_t, pairing_permutation, ratio_change, wilson)
 
 
 def test_holm_matches_the_step_down_definition():
@@ -131,3 +131,20 @@ def test_paired_binary_is_newcombes_method_10_and_never_degenerate():
     for same in ([0] * 40, [1] * 40):   # no item differs: an interval around 0, not [0, 0]
         out = paired_binary(same, same)
         assert out["p"] == 1.0 and out["ci95"][0] < -0.05 and out["ci95"][1] > 0.05
+
+
+def test_ratio_change_is_one_for_the_same_advantage_and_below_one_when_it_grows_with_distance():
+    rng = np.random.default_rng(0)
+    near_b = Metric(rng.uniform(1, 3, 200), np.ones(200), True)
+    far_b = Metric(rng.uniform(1, 3, 200), np.ones(200), True)
+    # a is better than b by the same factor e^0.5 on every item, near and far: no distance effect.
+    same = ratio_change(Metric(near_b.numerator - 0.5, near_b.denominator, True), near_b,
+                        Metric(far_b.numerator - 0.5, far_b.denominator, True), far_b, rng)
+    assert same["ratio"] == pytest.approx(1.0) and same["ci95"] == pytest.approx([1.0, 1.0])
+    # a equals b near and beats it by e^0.5 far, with noise: the ratio is about e^-0.5 and its interval excludes 1.
+    grows = ratio_change(near_b, near_b, Metric(far_b.numerator - 0.5 + rng.normal(0, 0.3, 200), far_b.denominator,
+                                                True), far_b, rng)
+    assert grows["ratio"] == pytest.approx(math.exp(-0.5), rel=0.1) and grows["ci95"][1] < 1
+    # The observed value is the plain formula.
+    a, b = Metric(np.array([1.0, 2.0]), np.ones(2), True), Metric(np.array([2.0, 2.0]), np.ones(2), True)
+    assert ratio_change(a, b, b, a, rng)["ratio"] == pytest.approx(math.exp(0.5) / math.exp(-0.5))

@@ -76,6 +76,17 @@ def test_samples_cached_under_source_tokenizer_and_sizes(tmp_path):
     assert all(len(x) == 48 for x in other.train["input_ids"])
 
 
+def test_stages_built_with_a_tokenizer_trained_now_or_loaded_from_the_cache_are_described_alike(tmp_path):
+    # A curriculum stage gets the suite's tokenizer; a sweep's driver trains it (empty cache) and
+    # its trials load it: both must describe, and so fingerprint, the same stage.
+    fresh = prepare_data(small(), tmp_path)
+    cached = prepare_data(small(), tmp_path)
+    stage = small(sample_len=32, reversal_repeats=0)
+    assert prepare_data(stage, tmp_path, tokenizer=fresh.tokenizer).info == \
+        prepare_data(stage, tmp_path, tokenizer=cached.tokenizer).info
+    assert fresh.tokenizer.name_or_path == cached.tokenizer.name_or_path != ""
+
+
 def test_split_and_sizes(tmp_path):
     data = prepare_data(small(num_samples=50, val_fraction=0.2, test_fraction=0.1), tmp_path)
     assert len(data.validation) == 10 and len(data.test) == 5

@@ -71,10 +71,14 @@ def load_tokenizer(spec: str, texts=None, vocab_size: int | None = None, cache_d
     if path is not None and (path / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(path), f"bpe-{vocab_size}"
     tokenizer = train_bpe_tokenizer(texts, vocab_size)
-    if path is not None:
-        with atomic_dir(path) as tmp:
-            tokenizer.save_pretrained(tmp)
-    return tokenizer, f"bpe-{vocab_size}"
+    if path is None:
+        return tokenizer, f"bpe-{vocab_size}"
+    with atomic_dir(path) as tmp:
+        tokenizer.save_pretrained(tmp)
+    # Loaded back, so that a tokenizer trained now is the same object as one found in the cache
+    # (name_or_path included, which the data's description records: a sweep's driver that trains
+    # it and its trials that load it must describe, and so fingerprint, the same stages).
+    return PreTrainedTokenizerFast.from_pretrained(path), f"bpe-{vocab_size}"
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

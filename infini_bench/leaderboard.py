@@ -23,8 +23,8 @@ from .io import atomic_write_text
 from .paths import source_commit
 from .seeds import BOOTSTRAP, stream_seed
 from .data.needles import LOCAL
-from .stats import (MIN_BLOCKS, Metric, bootstrap_interval, holm, mean_ci, newcombe, paired_binary, paired_bootstrap,
-                    paired_t, pairing_permutation, ratio_change, wilson)
+from .stats import (MIN_BLOCKS, Metric, bootstrap_interval, holm, mcnemar_min_p, mean_ci, newcombe, paired_binary,
+                    paired_bootstrap, paired_t, pairing_permutation, ratio_change, tarone_testable, wilson)
 from .suites import find_suite, read_suite
 
 
@@ -202,7 +202,7 @@ def summary_table(results):
             "test PPL [95% CI]": _with_ci(test["ppl"], test["ppl_bootstrap_ci95"]),
             "recall-token PPL [95% CI]": _with_ci(test.get("recall_ppl"), recall_ci),
             "n": f"{test['samples']} samples, {test.get('recall_tokens', 0)} recall tokens",
-            "best val PPL": _fmt(r["best_val_ppl"], 3),
+            "val PPL (kept checkpoint)": _fmt(r["best_val_ppl"], 3),
             "best epoch": r["best_epoch"],
             "epochs run": r["epochs_trained"],
             "stop": r["stop"],
@@ -476,8 +476,8 @@ def floor_differences(results, cells) -> dict:
     documents (`stats.paired_binary`), with its `family`: *in view* (the length fits the floor's
     window: every needle is readable without memory, so no test), *primary* (PRIMARY beyond the
     window) or *secondary* (every other cell beyond it). Holm within the primary and within the
-    secondary family, over the comparisons with a discordant document (the others cannot reach any
-    level, so they are left out of the count, as Tarone 1990 does for discrete tests)."""
+    secondary family, over the comparisons that can reach p < 0.05 after correction (Tarone 1990:
+    with few discordant documents McNemar's exact test cannot, so they are left out of the count)."""
     floor = next(r for r in results if r["retrieval"]["context_limit"] is not None)
     limit = floor["retrieval"]["context_limit"]
     out = {}
@@ -494,7 +494,8 @@ def floor_differences(results, cells) -> dict:
                               else "secondary")
             out[(r["model"], family, haystack, length)] = test
     for name in ("primary", "secondary"):
-        tested = [t for t in out.values() if t["family"] == name and t["discordant"]]
+        family = [t for t in out.values() if t["family"] == name]
+        tested = [family[i] for i in tarone_testable([mcnemar_min_p(t["discordant"]) for t in family])]
         for test, p in zip(tested, holm([t["p"] for t in tested])):
             test["holm_p"] = p
     return out
@@ -624,11 +625,13 @@ def retrieval_section(results, plot_dir: Path, suite: str) -> list[str]:
                   f"the floor*: the memory model's accuracy minus the floor's on the same documents, with "
                   f"Newcombe's 95% score interval for paired proportions; * = McNemar exact p < 0.05 after Holm "
                   f"within its family. The primary family, fixed before any run: {PRIMARY[0]} NIAH on the "
-                  f"{PRIMARY[1]} haystack beyond N, every memory model ({counts['primary']} comparisons with a "
-                  f"discordant document; those with none cannot reach any level and are not counted). The "
-                  f"secondary family: every other cell beyond N ({counts['secondary']} of them with a discordant document). That "
-                  f"difference is what the memory adds; an interval that holds 0 is not evidence that it adds "
-                  f"nothing."]
+                  f"{PRIMARY[1]} haystack beyond N, every memory model; the secondary family: every other cell "
+                  f"beyond N. A comparison with few discordant documents cannot reach p < 0.05 at all (McNemar's "
+                  f"smallest p is 2 / 2^d for d discordant documents), so each family is cut, as Tarone (1990) "
+                  f"does, to the K comparisons that could reach 0.05 / K: {counts['primary']} primary and "
+                  f"{counts['secondary']} secondary comparisons are tested, the others are shown without a test. "
+                  f"The intervals are not adjusted for multiplicity. That difference is what the memory adds; "
+                  f"an interval that holds 0 is not evidence that it adds nothing."]
     for family, haystack in pairs:
         table, lengths = retrieval_table(results, family, haystack)
         asks, chance = FAMILY_TEXT[family]
@@ -696,6 +699,11 @@ def recall_ppl_section(results, rng) -> list[str]:
         differences.append(row)
         if len(change) > 1:
             changes.append(change)
+    if changes:  # what a model that never uses the statements, and so keeps one PPL at every distance, gets
+        near = _recall_metric(floor, *in_view[0][1]).value()
+        changes.append({"model": "(a model blind to the statements: floor near / floor far)",
+                        **{label: f"{near / _recall_metric(floor, low, high).value():.2f}"
+                           for label, (low, high) in zip(bins, edges) if label in changes[0]}})
     lines = ["## Long-document recall PPL by distance since statement", "",
              f"One document of {doc['tokens']:,} tokens in which each fact (a person's number, in the corpus's "
              f"words) is stated once and recalled once later; PPL of the recalled number's tokens, binned by the "
@@ -708,17 +716,22 @@ def recall_ppl_section(results, rng) -> list[str]:
         lines += ["Difference to the floor (PPL, memory model minus floor; paired bootstrap over recalls): "
                   "negative = lower PPL than the floor. "
                   + (f"The {in_view[0][0]} bin is in the floor's view (its window, {limit:,} tokens, holds the "
-                     f"statement), so a difference there is not memory: it is how well each model predicts a "
-                     f"recalled number at all. A model far above the floor there too is worse at the recall "
-                     f"tokens themselves, whatever it remembers." if in_view else ""), "",
+                     f"statement), so a difference there is not the memory's alone: it is also how well each model "
+                     f"predicts a recalled number in this document at all. A model far above the floor there too, "
+                     f"but not on the 2,048-token test samples of the Summary, is degraded by reading a document "
+                     f"this long, not by the recall tokens." if in_view else ""), "",
                   _markdown(pd.DataFrame(differences)), ""]
     if changes:
-        lines += [f"What the memory adds beyond the floor's window: (memory / floor PPL in the bin) ÷ (memory / "
-                  f"floor PPL in the {in_view[0][0]} bin), a difference in differences on the ratio scale, with a "
-                  f"95% bootstrap interval (each bin's recalls resampled on their own, paired between the models). "
-                  f"Below 1: the model's advantage over the floor grows when the statement leaves the floor's "
-                  f"view, the part a memory can explain; 1: the same advantage at every distance, which needs "
-                  f"no memory.", "", _markdown(pd.DataFrame(changes)), ""]
+        lines += [f"The advantage over the floor beyond its window against within it: (memory / floor PPL in the "
+                  f"bin) ÷ (memory / floor PPL in the {in_view[0][0]} bin), a difference in differences on the ratio "
+                  f"scale, with a 95% bootstrap interval (each bin's recalls resampled on their own, as if "
+                  f"independent, paired between the models; n = the recalls of the two bins, the same "
+                  f"{in_view[0][0]} bin in every column; one document, so nothing covers other documents). The "
+                  f"floor loses the statement beyond its window, so a model that never uses the statements (one "
+                  f"PPL at every distance) scores the last row, not 1: only a value below that row says a model "
+                  f"uses statements the floor cannot see. Whether a statement helps at all needs a control "
+                  f"document without the statements, which is not scored yet.", "",
+                  _markdown(pd.DataFrame(changes)), ""]
     return lines
 
 
@@ -1011,13 +1024,15 @@ def first_stage_lines(results) -> list[str]:
     if not stage or "candidates" not in stage:
         return []
     c0 = stage["candidates"][0]
-    tried = "; ".join(f"seed {c['seed']}: {c['correct']}/{c['documents']} ({c['answer_logprob']:.1f})"
-                      for c in stage["candidates"])
+    tried = "; ".join(f"seed {c['seed']}: {c['correct']}/{c['documents']} {_wilson_cell([1] * c['correct'] + [0] * (c['documents'] - c['correct']))} "
+                      f"({c['answer_logprob']:.1f})" for c in stage["candidates"])
     return [f"Shared first stage ({stage['sample_len']}-token samples, every model starts its second stage from it): "
             f"{len(stage['candidates'])} candidates trained, each then trained {c0['trial_steps']} steps of the "
             f"second stage and scored on {c0['documents']} validation documents (single NIAH, "
             f"{_length_label(c0['length'])} tokens, needle at depth 0%, training filler's validation split; correct, "
-            f"mean answer log-prob): {tried}. Kept: seed {stage['kept_seed']}, the best (accuracy, then log-prob). "
+            f"mean answer log-prob; 95% Wilson): {tried}. Kept: seed {stage['kept_seed']}, first by accuracy, then "
+            f"log-prob (the intervals overlap: the choice is a noisy one). It is made by {stage.get('model_name', 'the model training.shared_first_stage names')}, "
+            f"a memory model, on the primary task: every model, the floor included, inherits it. "
             f"The choice is made on validation documents only, never on the scored grid below. Every later stage, the data "
             f"and the tables' seed stay the suite's seed ({results[0]['seed']}); only the first stage's weights come from "
             f"seed {stage['kept_seed']}.", ""]
@@ -1066,7 +1081,9 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
     lines += [f"## Summary (seed {first['seed']})", "", _markdown(summary_table(results)), "",
               "stop: *early stop* = patience ran out; *capped* = reached max_epochs while its last epoch still "
               "improved validation PPL by more than min_delta (more epochs might have helped); *max epochs* = "
-              "reached max_epochs, no longer improving; *one epoch* = a stage of one epoch (nothing to compare).",
+              "reached max_epochs, no longer improving; *one epoch* = a stage of one epoch (nothing to compare). "
+              "*val PPL (kept checkpoint)*: the kept checkpoint's validation PPL, scored again after training by "
+              "the evaluation's reader, so it can differ slightly from the learning curve's value at that epoch.",
               ""]
     lines += ["## Learning curves (train / validation PPL)", "", _markdown(curves_table(results)), "",
               f"![learning curves](plots/{plots[0].name})", ""]
@@ -1087,7 +1104,8 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
                   f"## Differences vs {reference}", "",
                   "Paired on the same test items and seeds. *Paired bootstrap*: the seed-mean difference, "
                   "items resampled together for both models (it covers the sampling of test items, not "
-                  "training randomness). *Across seeds*: paired t-interval of the per-seed differences (it "
+                  "training randomness); its p is the same percentile bootstrap's (twice the smaller share of "
+                  "resamples on either side of 0), so it agrees with the interval. *Across seeds*: paired t-interval of the per-seed differences (it "
                   "covers training randomness; needs 3 or more seeds). p-values are two-sided and "
                   f"Holm-adjusted over the {len(rows)} comparisons of this table, separately for each test; "
                   "a verdict needs Holm p < 0.05. A test-item verdict holds for these trained runs only; a "

@@ -303,7 +303,8 @@ def train_shared_first_stage(config, stages, device, env, directory: Path, resol
         selection = {"kept_seed": kept["seed"], "candidates": candidates,
                      "selection_wall_s": time.perf_counter() - start}
     if distributed.is_main():
-        atomic_write_json(directory / "stage.json", {"train_time_s": elapsed, **t.curriculum[0], **selection,
+        atomic_write_json(directory / "stage.json", {"model_name": resolved["model_name"], "train_time_s": elapsed,
+                                                     **t.curriculum[0], **selection,
                                                      "fingerprint": resolved["fingerprint"]})
     distributed.barrier()
 

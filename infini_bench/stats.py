@@ -89,9 +89,10 @@ def bootstrap_interval(metric: Metric | list[Metric], block: int, align: int, rn
 def paired_bootstrap(runs_a: list[Metric], runs_b: list[Metric], block: int, align: int,
                      rng: np.random.Generator) -> dict:
     """Seed-mean of metric(a) - metric(b) over paired runs (same seed, same items), its 95%
-    percentile interval and a two-sided p-value: the share of centred resampled differences at
-    least as far from zero as the observed one, an undefined resample counting as that far
-    (interval and p are nan if the items hold fewer than MIN_BLOCKS blocks)."""
+    percentile interval and the two-sided p-value of the same percentile bootstrap: twice the
+    smaller share of resampled differences on either side of zero, an undefined resample counting
+    on both sides, so that p < 0.05 exactly when the interval leaves out 0 (up to the +1 of each
+    count). Interval and p are nan if the items hold fewer than MIN_BLOCKS blocks."""
     items = len(runs_a[0].numerator)
     if any(len(m.numerator) != items for m in runs_a + runs_b):
         raise ValueError("paired bootstrap: the runs do not score the same items")
@@ -101,9 +102,9 @@ def paired_bootstrap(runs_a: list[Metric], runs_b: list[Metric], block: int, ali
         return {**result, "ci95": [float("nan"), float("nan")], "p": float("nan")}
     index = block_indices(items, block, align, rng)
     resampled = np.mean([a.value(index) - b.value(index) for a, b in zip(runs_a, runs_b)], axis=0)
-    extreme = np.sum(~(np.abs(resampled - observed) < abs(observed)))  # nan counts as extreme
+    below, above = np.sum(~(resampled > 0)), np.sum(~(resampled < 0))  # nan counts on both sides
     return {**result, "ci95": [float(np.nanpercentile(resampled, 2.5)), float(np.nanpercentile(resampled, 97.5))],
-            "p": float((extreme + 1) / (len(resampled) + 1))}
+            "p": float(min(1.0, 2 * (min(below, above) + 1) / (len(resampled) + 1)))}
 
 
 def ratio_change(near_a: Metric, near_b: Metric, far_a: Metric, far_b: Metric, rng: np.random.Generator) -> dict:
@@ -149,6 +150,22 @@ def holm(p_values) -> list[float]:
         running = max(running, min(1.0, (len(order) - rank) * p[i]))
         adjusted[i] = running
     return adjusted.tolist()
+
+
+def mcnemar_min_p(discordant: int) -> float:
+    """The smallest two-sided p McNemar's exact test can give with this many discordant items."""
+    return min(1.0, 2 * 0.5 ** discordant)
+
+
+def tarone_testable(min_p_values, alpha: float = 0.05) -> list[int]:
+    """Indices of the tests of a family of discrete tests that can reach `alpha` after correction
+    (Tarone 1990): the smallest K such that at most K tests have a smallest attainable p <= alpha / K;
+    those tests form the family to adjust (here with Holm), the others cannot be significant."""
+    for k in range(1, len(min_p_values) + 1):
+        testable = [i for i, p in enumerate(min_p_values) if p <= alpha / k]
+        if len(testable) <= k:
+            return testable
+    return []
 
 
 def wilson(accuracy: float, n: int) -> list[float]:

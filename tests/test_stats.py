@@ -8,7 +8,8 @@ from scipy import stats
 
 from infini_bench.pipeline import stopping
 from infini_bench.stats import (Metric, block_indices, block_length, bootstrap_interval, holm, mean_ci, newcombe,
-                                paired_bootstrap, paired_t, pairing_permutation, ratio_change, wilson)
+                                mcnemar_min_p, paired_bootstrap, paired_t, pairing_permutation, ratio_change,
+                                tarone_testable, wilson)
 
 
 def test_holm_matches_the_step_down_definition():
@@ -61,6 +62,11 @@ def test_paired_bootstrap_finds_a_real_difference_and_not_a_null_one():
     assert found["difference"] < 0 and found["ci95"][1] < 0 and found["p"] < 0.001
     null = paired_bootstrap([noisy], [same], 1, 1, np.random.default_rng(0))
     assert null["ci95"][0] < 0 < null["ci95"][1] or null["p"] > 0.01
+    # p and the interval are one bootstrap: an interval that holds 0 never comes with p < 0.05.
+    for shift in np.linspace(0, 0.06, 13):
+        t = paired_bootstrap([Metric(base - shift + rng.normal(0, 0.3, 300), np.ones(300), True)], [same], 1, 1,
+                             np.random.default_rng(1))
+        assert (t["ci95"][0] < 0 < t["ci95"][1]) == (t["p"] >= 0.05) or abs(t["p"] - 0.05) < 0.003
     # Pairing matters: an unpaired view of `better` vs `same` would not see a 0.05-nat shift.
     assert stats.ttest_ind(better.numerator, same.numerator).pvalue > 0.05
 
@@ -148,3 +154,12 @@ def test_ratio_change_is_one_for_the_same_advantage_and_below_one_when_it_grows_
     # The observed value is the plain formula.
     a, b = Metric(np.array([1.0, 2.0]), np.ones(2), True), Metric(np.array([2.0, 2.0]), np.ones(2), True)
     assert ratio_change(a, b, b, a, rng)["ratio"] == pytest.approx(math.exp(0.5) / math.exp(-0.5))
+
+
+def test_tarone_keeps_the_comparisons_that_can_reach_the_level_after_correction():
+    assert mcnemar_min_p(0) == 1.0 and mcnemar_min_p(6) == pytest.approx(2 / 64)
+    # Discordant documents of seven McNemar tests: six can reach 0.05 alone (d >= 6), but only the
+    # three with d >= 7 can reach 0.05 / 3, and three <= 3: K = 3.
+    assert tarone_testable([mcnemar_min_p(d) for d in [10, 6, 11, 10, 2, 3, 1]]) == [0, 2, 3]
+    assert tarone_testable([mcnemar_min_p(d) for d in [0, 1, 2]]) == []
+    assert tarone_testable([0.001]) == [0]

@@ -16,15 +16,17 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pandas as pd
+import yaml
 from matplotlib.figure import Figure
 
 from .cli import ArgumentParser, fail
 from .io import atomic_write_text
-from .paths import source_commit
+from .paths import find_config, source_commit
 from .seeds import BOOTSTRAP, stream_seed
 from .data.needles import LOCAL
-from .stats import (MIN_BLOCKS, Metric, bootstrap_interval, holm, mcnemar_min_p, mean_ci, newcombe, paired_binary,
-                    paired_bootstrap, paired_t, pairing_permutation, ratio_change, tarone_testable, wilson)
+from .stats import (MIN_BLOCKS, Metric, bootstrap_interval, cochran_q, holm, mcnemar_min_p, mean_ci, newcombe,
+                    paired_binary, paired_bootstrap, paired_t, pairing_permutation, ratio_change, tarone_testable,
+                    wilson)
 from .suites import find_suite, read_suite
 
 
@@ -1236,6 +1238,42 @@ def sweep_table(trials, runs: dict):
     return pd.DataFrame(rows)
 
 
+def memory_count_table(trials, runs: dict):
+    """Whether accuracy differs between memory counts: per retrieval target, learning rate (and
+    memory type), Cochran's Q over the finished trials' outcomes on the same documents, Holm over
+    the tests in which some document differs between trials (the others cannot reach any level)."""
+    rows, tests = [], []
+    for target in sweep_targets(runs):
+        groups = {}
+        for t in trials:
+            r = runs.get(t["trial"])
+            if r is not None and _target(r, target):
+                groups.setdefault((t.get("memory_type"), t.get("lr")), []).append((t.get("num_memories"), r))
+        for (kind, lr), members in groups.items():
+            if len(members) < 2:
+                continue
+            family, haystack, length = target
+            documents = {tuple(_documents(r, family, haystack, length, _scored_depths(r))) for _, r in members}
+            if len(documents) > 1:
+                raise RunsDisagree(f"runs: the trials at lr {lr} scored different {_target_label(target)} documents")
+            outcomes = [_target(r, target) for _, r in sorted(members, key=lambda m: m[0])]
+            test = cochran_q(outcomes)
+            row = {"target": _target_label(target), **({"memory_type": kind} if kind else {}), "lr": lr,
+                   "correct by num_memories": ", ".join(f"{m}: {sum(_target(r, target))}" for m, r in
+                                                         sorted(members, key=lambda m: m[0])),
+                   "n": test["n"], "Cochran's Q": f"{test['q']:.2f} (df {test['df']})", "p": test["p"]}
+            rows.append(row)
+            if any(len(set(column)) > 1 for column in zip(*outcomes)):
+                tests.append(row)
+    for row, adjusted in zip(tests, holm([row["p"] for row in tests])):
+        row["Holm p"] = adjusted
+    for row in rows:
+        row["p"] = f"{row['p']:.4f}"
+        row["Holm p"] = f"{row['Holm p']:.4f}" + (" *" if row["Holm p"] < 0.05 else "") if "Holm p" in row else \
+            "— (no document differs)"
+    return pd.DataFrame(rows), len(tests)
+
+
 def plot_sweep(trials, runs: dict, plot_dir: Path, name: str) -> list[Path]:
     """A heatmap per metric over (num_memories, lr), one panel per memory type; blank = no result."""
     memories = sorted({t.get("num_memories") for t in trials}, key=lambda v: (v is None, v))
@@ -1282,7 +1320,8 @@ def write_sweep_leaderboard(trials, root: Path, leaderboard_dir: Path, name: str
     first = next(iter(runs.values()), None)
     if first is not None:
         lines += [f"Suite `{first['suite']}`, preset `{first['preset']}`, device `{first['device']}`, seed "
-                  f"{first['seed']}, commit `{(first.get('git_commit') or '?')[:12]}`. {len(trials)} trials, "
+                  f"{first['seed']}, commit `{(first.get('git_commit') or '?')[:12]}`{_written_by(runs.values())}. "
+                  f"{len(trials)} trials, "
                   f"{len(runs)} finished, {len(failed)} failed; each row's numbers come from "
                   f"`runs/sweeps/{name}/<trial>/results.json`. Bold: the best validation PPL for each "
                   f"memory count (trial name and that PPL only).", ""]
@@ -1308,6 +1347,15 @@ def write_sweep_leaderboard(trials, root: Path, leaderboard_dir: Path, name: str
                               f"level at its 95% Wilson lower bound: the task was not learnt, so these accuracies "
                               f"measure that, not the memories.", ""]
     lines += [_markdown(sweep_table(trials, runs)), ""]
+    counts, tested = memory_count_table(trials, runs)
+    if not counts.empty:
+        lines += ["## Does memory count matter?", "",
+                  "Per retrieval target and learning rate: documents answered right by each memory count (the "
+                  "same documents for every trial, over the scored depths), and Cochran's Q test that every "
+                  f"memory count has the same accuracy on them; Holm over the {tested} tests in which some "
+                  "document differs between trials (* = Holm p < 0.05). It covers the sampling of documents, "
+                  "not training randomness (one training seed a trial), and a Q that is not significant is "
+                  "not evidence that memory count does not matter.", "", _markdown(counts), ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]
     path = leaderboard_dir / f"{name}.md"
     atomic_write_text(path, "\n".join(lines))
@@ -1318,10 +1366,21 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="python -m infini_bench.leaderboard",
                             description="Rebuild a suite's leaderboard from its results.json files")
     parser.add_argument("output_dir", help="the folder a suite run wrote (its runs/ and leaderboard/)")
-    parser.add_argument("suite", help="suite name (runs/<suite>/)")
+    parser.add_argument("suite", help="suite name (runs/<suite>/), or sweeps/<name> for a sweep's leaderboard")
     args = parser.parse_args(argv)
     root = Path(args.output_dir)
     runs = root / "runs" / args.suite
+    if args.suite.startswith("sweeps/"):
+        if not (runs / "trials.json").is_file():
+            fail(f"output_dir: no finished sweep {args.suite!r} in {runs} (no trials.json)")
+        trials = json.loads((runs / "trials.json").read_text())
+        name = args.suite.split("/", 1)[1]
+        try:  # the sweep file's description, as a sweep run writes it
+            description = yaml.safe_load(find_config("sweeps", name, "suite", "sweep ").read_text()).get("description", "")
+        except ValueError:
+            description = ""
+        print(write_sweep_leaderboard(trials, runs, root / "leaderboard" / "sweeps", name, description))
+        return 0
     if not has_results(runs):
         fail(f"output_dir: no results of suite {args.suite!r} in {runs} (no <model>/results.json)")
     try:  # the suite file's description, as a suite run writes it

@@ -152,6 +152,20 @@ def holm(p_values) -> list[float]:
     return adjusted.tolist()
 
 
+def cochran_q(outcomes) -> dict:
+    """Cochran's Q test that k conditions have the same accuracy on the same n items (outcomes: k
+    lists of n 0/1 values): chi-square with k - 1 degrees of freedom (for k = 2 it is McNemar's
+    chi-square without continuity correction); p = 1 when no item differs between conditions."""
+    x = np.asarray(outcomes, dtype=float)  # [k, n]
+    k = x.shape[0]
+    columns, rows = x.sum(axis=1), x.sum(axis=0)
+    denominator = k * rows.sum() - np.sum(rows ** 2)
+    if denominator == 0:
+        return {"q": 0.0, "df": k - 1, "p": 1.0, "n": x.shape[1]}
+    q = (k - 1) * (k * np.sum(columns ** 2) - rows.sum() ** 2) / denominator
+    return {"q": float(q), "df": k - 1, "p": float(stats.chi2.sf(q, k - 1)), "n": x.shape[1]}
+
+
 def mcnemar_min_p(discordant: int) -> float:
     """The smallest two-sided p McNemar's exact test can give with this many discordant items."""
     return min(1.0, 2 * 0.5 ** discordant)

@@ -10,7 +10,8 @@ import pytest
 
 from infini_bench.data.needles import LOCAL
 from infini_bench.leaderboard import (floor_differences, learnt_locally, local_control_gaps, local_control_verdict,
-                                      recall_ppl_section, retrieval_section)
+                                      memory_count_table, recall_ppl_section, retrieval_section)
+from infini_bench.stats import cochran_q
 
 
 def run(model, limit, local, scored=0, family="single", n=20):
@@ -134,3 +135,19 @@ def test_recall_ppl_sets_the_memory_against_a_model_blind_to_the_statements():
     # A model blind to the statements gets floor near / floor far: here e^-1 too (the memory model is flat).
     (blind,) = [line for line in change.splitlines() if line.startswith("| (a model blind")]
     assert f"{math.exp(-1.0):.2f}" in blind
+
+
+def test_memory_counts_are_compared_on_the_same_documents_per_lr_and_holm_skips_tests_without_differences():
+    trials, runs = [], {}
+    for m, lr, k in [(1, 3e-3, 15), (2, 3e-3, 5), (4, 3e-3, 10), (1, 1e-3, 0), (2, 1e-3, 0)]:
+        name = f"m{m}-lr{lr:g}"
+        trials.append({"trial": name, "num_memories": m, "lr": lr, "error": None})
+        runs[name] = run(name, None, 20, scored=k)
+    table, tested = memory_count_table(trials, runs)
+    assert tested == 2  # single filler 1K and 4K at lr 3e-3; lr 1e-3 is 0 against 0 everywhere
+    rows = table[table["lr"] == 3e-3]
+    expected = cochran_q([[1] * k + [0] * (20 - k) for k in (15, 5, 10)])
+    assert list(rows["correct by num_memories"]) == ["1: 15, 2: 5, 4: 10"] * 2
+    assert all(f"{expected['q']:.2f} (df 2)" == q for q in rows["Cochran's Q"])
+    assert all(h.endswith(" *") for h in rows["Holm p"])  # Q = 10, p = 0.0067, x2
+    assert list(table[table["lr"] == 1e-3]["Holm p"]) == ["— (no document differs)"] * 2

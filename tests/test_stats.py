@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from infini_bench.pipeline import stopping
-from infini_bench.stats import (Metric, block_indices, block_length, bootstrap_interval, holm, mean_ci, newcombe,
+from infini_bench.stats import (Metric, cochran_q, block_indices, block_length, bootstrap_interval, holm, mean_ci, newcombe,
                                 mcnemar_min_p, paired_bootstrap, paired_t, pairing_permutation, ratio_change,
                                 tarone_testable, wilson)
 
@@ -163,3 +163,16 @@ def test_tarone_keeps_the_comparisons_that_can_reach_the_level_after_correction(
     assert tarone_testable([mcnemar_min_p(d) for d in [10, 6, 11, 10, 2, 3, 1]]) == [0, 2, 3]
     assert tarone_testable([mcnemar_min_p(d) for d in [0, 1, 2]]) == []
     assert tarone_testable([0.001]) == [0]
+
+
+def test_cochran_q_is_mcnemar_for_two_conditions_and_zero_without_differences():
+    a = [1] * 12 + [0] * 3 + [1] * 5 + [0] * 10
+    b = [0] * 12 + [1] * 3 + [1] * 5 + [0] * 10
+    q = cochran_q([a, b])
+    assert q["q"] == pytest.approx((12 - 3) ** 2 / (12 + 3)) and q["df"] == 1
+    assert q["p"] == pytest.approx(stats.chi2.sf((12 - 3) ** 2 / 15, 1))
+    assert cochran_q([a, a, a])["p"] == 1.0 and cochran_q([[0] * 5, [0] * 5])["q"] == 0.0
+    # Three conditions: Q from its definition, (k - 1)(k sum C_j^2 - N^2) / (k N - sum R_i^2).
+    x = np.array([[1, 1, 0, 1, 0], [1, 0, 0, 1, 1], [0, 0, 0, 1, 1]])
+    c, r = x.sum(1), x.sum(0)
+    assert cochran_q(x)["q"] == pytest.approx(2 * (3 * (c ** 2).sum() - r.sum() ** 2) / (3 * r.sum() - (r ** 2).sum()))

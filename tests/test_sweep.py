@@ -74,6 +74,12 @@ def test_one_row_per_trial_with_the_trials_own_numbers(smoke_sweep):
         local = [x for c in cells if c["depth"] == "local" for x in c["correct"]]
         learnt.append(wilson(sum(local) / len(local), len(local))[0] > 1 / 4)
     assert ("cannot show what memory count does to retrieval" in text) == (not any(learnt))
+    assert "## Does memory count matter?" in text and "Cochran's Q" in text
+    # The leaderboard command rebuilds the same page from the trials' results.
+    from infini_bench.leaderboard import main as leaderboard_main
+
+    assert leaderboard_main([str(smoke_sweep), "sweeps/smoke"]) == 0
+    assert (smoke_sweep / "leaderboard" / "sweeps" / "smoke.md").read_text() == text
     for stem in ("val-ppl", "recall-ppl", "backward-acc", "retrieval-multikey-filler-512"):
         png = smoke_sweep / "leaderboard" / "sweeps" / "plots" / f"smoke-{stem}.png"
         assert png.read_bytes()[:4] == b"\x89PNG" and f"plots/{png.name}" in text

@@ -1238,6 +1238,10 @@ def sweep_table(trials, runs: dict):
     return pd.DataFrame(rows)
 
 
+def _p(p: float) -> str:
+    return "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
 def memory_count_table(trials, runs: dict):
     """Whether accuracy differs between memory counts: per retrieval target, learning rate (and
     memory type), Cochran's Q over the finished trials' outcomes on the same documents, Holm over
@@ -1268,8 +1272,8 @@ def memory_count_table(trials, runs: dict):
     for row, adjusted in zip(tests, holm([row["p"] for row in tests])):
         row["Holm p"] = adjusted
     for row in rows:
-        row["p"] = f"{row['p']:.4f}"
-        row["Holm p"] = f"{row['Holm p']:.4f}" + (" *" if row["Holm p"] < 0.05 else "") if "Holm p" in row else \
+        row["p"] = _p(row["p"])
+        row["Holm p"] = _p(row["Holm p"]) + (" *" if row["Holm p"] < 0.05 else "") if "Holm p" in row else \
             "— (no document differs)"
     return pd.DataFrame(rows), len(tests)
 
@@ -1333,8 +1337,9 @@ def write_sweep_leaderboard(trials, root: Path, leaderboard_dir: Path, name: str
                       f"{grid['docs_per_cell']} documents each; needles at least {grid['needle_gap']} tokens before the "
                       f"question), with its 95% Wilson interval and n; the local control (needles right before the "
                       f"question) apart. Guessing: {'; '.join(f'{f} {FAMILY_TEXT[f][1]}' for f in dict.fromkeys(t[0] for t in targets))}. "
-                      f"Trials are selected on nothing here: every one is shown, and no two are tested against each "
-                      f"other (overlapping intervals are not evidence of equal accuracy).", ""]
+                      f"Trials are selected on nothing here: every one is shown; no two are tested against each other "
+                      f"(overlapping intervals are not evidence of equal accuracy), and memory count as a whole is "
+                      f"tested below.", ""]
             for target in targets:
                 learnt = [_above_chance(_target(r, target, [LOCAL]), target[0]) for r in runs.values()]
                 if all(v is None for v in learnt):

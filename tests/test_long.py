@@ -44,7 +44,7 @@ def test_leaderboard_has_retrieval_tables_heatmaps_and_recall_ppl(long_smoke):
     assert table.pop("model") == ["512", "1K"]
     assert list(table) == ["Pythia (last 128)", "Single Memory", "Hierarchical (4)"]
     assert all(re.fullmatch(r"\d\.\d\d \[\d\.\d\d, \d\.\d\d\]", v) for row in table.values() for v in row)
-    assert "Local control (needles right before the question; n = 2 a length)" in text
+    assert "Local control (needles right before the question; n = 2 a length; — = not scored at that length)" in text
     # Memory probes: the memory models only, three lengths each, a plot each.
     assert "## Memory probes" in text
     probes = text.split("## Memory probes\n", 1)[1].split("\n## ", 1)[0]

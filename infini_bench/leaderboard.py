@@ -686,6 +686,7 @@ def recall_ppl_section(results, rng) -> list[str]:
         if floor is None or r is floor:
             continue
         row, change = {"model": r["model"]}, {"model": r["model"]}
+        near = (_recall_metric(r, *in_view[0][1]), _recall_metric(floor, *in_view[0][1])) if in_view else (None,)
         for label, (low, high) in zip(bins, edges):
             mine, theirs = _recall_metric(r, low, high), _recall_metric(floor, low, high)
             if mine is None:
@@ -693,11 +694,9 @@ def recall_ppl_section(results, rng) -> list[str]:
                 continue
             t = paired_bootstrap([mine], [theirs], 1, 1, rng)
             row[label] = f"{t['difference']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]"
-            if in_view and high > limit:
-                near = _recall_metric(r, *in_view[0][1]), _recall_metric(floor, *in_view[0][1])
-                if near[0] is not None:
-                    c = ratio_change(*near, mine, theirs, rng)
-                    change[label] = f"{c['ratio']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
+            if near[0] is not None and high > limit:
+                c = ratio_change(*near, mine, theirs, rng)
+                change[label] = f"{c['ratio']:.2f} [{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}]"
         differences.append(row)
         if len(change) > 1:
             changes.append(change)

@@ -82,7 +82,10 @@ def test_a_profile_replaces_the_model_list_and_names_the_shared_stage(tmp_path):
 
     cpu = load_run_config("long", "cpu", output_dir=str(tmp_path))
     cuda = load_run_config("long", "cuda", output_dir=str(tmp_path))
-    assert [m.name for m in cuda.models] == [m.name for m in cpu.models] + ["Hierarchical (4)"]
+    assert [m.name for m in cpu.models] == ["Pythia baseline", "Single Memory", "Multi Memory (4)",
+                                            "Multi Memory (4, delta_l2)"]
+    assert [m.name for m in cuda.models] == [m.name for m in cpu.models[:2]] + [
+        "Single Memory (delta_l2)", *[m.name for m in cpu.models[2:]], "Hierarchical (4)"]
     assert cpu.shared_stage_model.name == "Single Memory" and cuda.shared_stage_model is None
     only = load_run_config("long", "cpu", output_dir=str(tmp_path), only_models=["multi-memory-4-delta-l2"])
     assert [m.name for m in only.models] == ["Multi Memory (4, delta_l2)"]

@@ -38,12 +38,13 @@ def has_results(runs_dir: Path) -> bool:
     return any(Path(runs_dir).glob("*/results.json"))
 
 
-def load_results(runs_dir: Path, seeds=None) -> list[dict]:
-    """Every results.json (of `seeds`, if given), each with `dir` (its run directory) added."""
+def load_results(runs_dir: Path, seeds=None, models=None) -> list[dict]:
+    """Every results.json (of `seeds` and of the `models` named, if given: not runs of a model the
+    suite has since dropped), each with `dir` (its run directory) added."""
     results = []
     for path in sorted(Path(runs_dir).glob("*/results.json")):
         r = json.loads(path.read_text())
-        if seeds is None or r["seed"] in seeds:
+        if (seeds is None or r["seed"] in seeds) and (models is None or r["model"] in models):
             results.append({**r, "dir": str(path.parent)})
     return sorted(results, key=lambda r: (r.get("order", 0), r["seed"]))
 
@@ -128,6 +129,16 @@ def _pm(mean, half, digits):
         return f"{mean:.{digits}f} (no spread)"
     d = _digits(half, digits)
     return f"{mean:.{d}f} ± {half:.{d}f}"
+
+
+def _run_commits(results) -> str:
+    """The runs' commit, or, when runs of different commits are compared, which model ran at which."""
+    commits = {}
+    for r in results:
+        commits.setdefault((r.get("git_commit") or "?")[:12], []).append(r["model"])
+    if len(commits) == 1:
+        return f"commit `{next(iter(commits))}`"
+    return "runs of different commits: " + "; ".join(f"`{c}` ({', '.join(models)})" for c, models in commits.items())
 
 
 def _written_by(results) -> str:
@@ -511,7 +522,8 @@ def difference_table(results, differences, family, haystack, lengths):
         row = {"model": r["model"]}
         for length in lengths:
             t = differences[(r["model"], family, haystack, length)]
-            mark = " (in view)" if t["family"] == "in view" else " *" if t.get("holm_p", 1.0) < 0.05 else ""
+            mark = (" (in view)" if t["family"] == "in view" else " †" if "holm_p" not in t
+                    else " *" if t["holm_p"] < 0.05 else "")
             row[_length_label(length)] = f"{t['difference']:+.2f} [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}]{mark}"
         rows.append(row)
     return pd.DataFrame(rows)
@@ -599,15 +611,16 @@ def retrieval_section(results, plot_dir: Path, suite: str) -> list[str]:
     lines = [f"## Long-context retrieval (seed {results[0]['seed']})", "",
              f"RULER-style needle-in-a-haystack documents (`data/needles.py`, the documents of the `infini_niah_*` "
              f"and `infini_vt_*` lm-eval tasks). {n} document(s) per cell (length x depth). Every needle the "
-             f"answer depends on ends at least {grid['needle_gap']:,} tokens (two segments) before the question, "
+             f"answer depends on ends at least {grid['needle_gap']:,} tokens before the question, "
              f"so local attention cannot read it; depth d% puts the first of them after d% of the haystack "
              f"before that limit. Accuracy = every answer token is the greedy continuation of the question "
              f"(exact match), shown as the mean over the scored depths ({', '.join(d + '%' for d in scored)}; "
              f"n = {n * len(scored)} documents a length) with its 95% Wilson interval. The *local control* "
              f"puts the needles right before the question (no memory needed; the old depth 100%) and is never "
-             f"part of a memory score: it checks that a model has learnt the task at all, and a family whose "
-             f"local control is at the guessing level (95% Wilson lower bound, pooled over lengths) for a model "
-             f"cannot show that model's memory."]
+             f"part of a memory score: it checks that a model can answer with the needle in view, and a family "
+             f"whose local control is at the guessing level (95% Wilson lower bound, pooled over lengths) for a "
+             f"model cannot show that model's memory. It is not an upper bound: a model that has learnt to "
+             f"copy keys out of its memory can score lower with the needle in view than far from it."]
     unusable = [f"{family}/{haystack}" for family, haystack in pairs
                 if not any(learnt_locally(results, family, haystack).values())]
     if len(unusable) == len(pairs):
@@ -631,7 +644,8 @@ def retrieval_section(results, plot_dir: Path, suite: str) -> list[str]:
                   f"beyond N. A comparison with few discordant documents cannot reach p < 0.05 at all (McNemar's "
                   f"smallest p is 2 / 2^d for d discordant documents), so each family is cut, as Tarone (1990) "
                   f"does, to the K comparisons that could reach 0.05 / K: {counts['primary']} primary and "
-                  f"{counts['secondary']} secondary comparisons are tested, the others are shown without a test. "
+                  f"{counts['secondary']} secondary comparisons are tested, the others are shown without a test "
+                  f"(marked †). "
                   f"The intervals are not adjusted for multiplicity. That difference is what the memory adds; "
                   f"an interval that holds 0 is not evidence that it adds nothing."]
     for family, haystack in pairs:
@@ -644,6 +658,15 @@ def retrieval_section(results, plot_dir: Path, suite: str) -> list[str]:
             verdict += (" " if verdict else "") + (
                 f"Local control at the guessing level at a length although above it pooled: {', '.join(gaps)}; "
                 f"there the score cannot separate a memory that fails from a task not learnt at that length.")
+        if has_floor and max(lengths) <= limit:
+            verdict += (" " if verdict else "") + (
+                f"Every length of this table is within the floor's view ({limit:,} tokens): it shows how well "
+                f"the task was learnt, not what a memory carries.")
+        unchecked = [n for n in lengths if not any(_cells(r, family, haystack, n, [LOCAL]) for r in results)]
+        if unchecked and grid["depths"][-1] == LOCAL:
+            verdict += (" " if verdict else "") + (
+                f"No local control at {', '.join(map(_length_label, unchecked))}: a miss there cannot be told "
+                f"from a task not learnt at that length.")
         lines += ["", f"### {family}, {haystack} haystack", "",
                   f"Asks for {asks}; haystack: {HAYSTACK_TEXT[haystack]}. Guessing among the document's "
                   f"answers: {chance}.", "", *([verdict, ""] if verdict else []), _markdown(table), "",
@@ -719,7 +742,7 @@ def recall_ppl_section(results, rng) -> list[str]:
                   + (f"The {in_view[0][0]} bin is in the floor's view (its window, {limit:,} tokens, holds the "
                      f"statement), so a difference there is not the memory's alone: it is also how well each model "
                      f"predicts a recalled number in this document at all. A model far above the floor there too, "
-                     f"but not on the 2,048-token test samples of the Summary, is degraded by reading a document "
+                     f"but not on the test samples of the Summary, is degraded by reading a document "
                      f"this long, not by the recall tokens." if in_view else ""), "",
                   _markdown(pd.DataFrame(differences)), ""]
     if changes:
@@ -908,9 +931,10 @@ def plot(results, plot_dir: Path, suite: str) -> list[Path]:
 
 
 def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, description: str = "",
-                      seeds=None) -> Path | None:
+                      seeds=None, models=None) -> Path | None:
     """Rebuild `leaderboard/<suite>.md` and its plots from every results.json of the suite (of
-    `seeds` only, if given: a suite run's own seeds, not runs left from other invocations).
+    `seeds` and `models` only, if given: a suite run's own seeds and models, not runs left from
+    other invocations or from a model the suite no longer has).
 
     Reading the results and writing the files happen under an exclusive lock, so of two runs
     finishing together the later rebuild sees both results. None (and nothing written) if the
@@ -921,7 +945,7 @@ def write_leaderboard(runs_dir: Path, leaderboard_dir: Path, suite: str, descrip
     leaderboard_dir.mkdir(parents=True, exist_ok=True)
     with open(leaderboard_dir / f".{suite}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds)
+        return _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds, models)
 
 
 def common_seeds(groups) -> list[int]:
@@ -1054,8 +1078,9 @@ def _other_intervals(r) -> str:
     return ", or " + "; ".join(parts) if parts else ""
 
 
-def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None, reference="Single Memory"):
-    groups = group_runs(load_results(runs_dir, seeds))
+def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None, models=None,
+                       reference="Single Memory"):
+    groups = group_runs(load_results(runs_dir, seeds, models))
     seeds = common_seeds(groups)
     results = [next(r for r in runs if r["seed"] == seeds[0]) for runs in groups.values()]  # per-run tables
     plots = plot(results, leaderboard_dir / "plots", suite)
@@ -1067,7 +1092,7 @@ def _write_leaderboard(runs_dir, leaderboard_dir, suite, description, seeds=None
     lines += [f"Preset `{first['preset']}`, data `{data['source']}` ({data['train_samples']} train / "
               f"{data['validation_samples']} validation / {data['test_samples']} test samples of {data['sample_len']} "
               f"tokens, tokenizer `{data['tokenizer']}`, data seed {data['config']['seed']}), "
-              f"device `{first['device']}`, commit `{(first.get('git_commit') or '?')[:12]}`{_written_by(results)}. "
+              f"device `{first['device']}`, {_run_commits(results)}{_written_by(results)}. "
               f"Each row comes from `runs/{suite}/<model>/results.json` "
               f"(per-item losses: `per_item.json`).", "",
               "Protocol: early stopping and the kept checkpoint are chosen on the validation split; every "
@@ -1278,10 +1303,12 @@ def memory_count_table(trials, runs: dict):
 
 
 def plot_sweep(trials, runs: dict, plot_dir: Path, name: str) -> list[Path]:
-    """A heatmap per metric over (num_memories, lr), one panel per memory type; blank = no result."""
+    """A heatmap per metric over (num_memories, lr), one panel per memory type; blank = no result.
+    An accuracy cell says k/n (documents right / documents) on a fixed 0-1 colour scale."""
     memories = sorted({t.get("num_memories") for t in trials}, key=lambda v: (v is None, v))
     rates = sorted({t.get("lr") for t in trials}, key=lambda v: (v is None, v))
     types = sorted({t.get("memory_type") or "" for t in trials})
+    targets = {f"retrieval-{'-'.join(map(str, t))}": t for t in sweep_targets(runs)}
     paths = []
     for stem, (label, get, digits, lower) in _sweep_metrics(runs).items():
         if not any(get(r) is not None for r in runs.values()):
@@ -1290,17 +1317,20 @@ def plot_sweep(trials, runs: dict, plot_dir: Path, name: str) -> list[Path]:
         axes = fig.subplots(1, len(types), squeeze=False)
         for ax, kind in zip(axes[0], types):
             values = np.full((len(memories), len(rates)), np.nan)
+            texts = np.full(values.shape, "—", dtype=object)
             for t in trials:
                 r = runs.get(t["trial"])
                 value = get(r) if r is not None else None
                 if (t.get("memory_type") or "") == kind and value is not None:
-                    values[memories.index(t.get("num_memories")), rates.index(t.get("lr"))] = value
-            cmap = matplotlib.colormaps["viridis_r" if lower else "viridis"].copy()
-            cmap.set_bad("lightgrey")
-            image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
-            for (i, j), v in np.ndenumerate(values):
-                ax.text(j, i, "—" if np.isnan(v) else f"{v:.{digits}f}", ha="center", va="center", fontsize=8,
-                        color="white")
+                    at = memories.index(t.get("num_memories")), rates.index(t.get("lr"))
+                    values[at] = value
+                    outcomes = _target(r, targets[stem]) if stem in targets else None
+                    texts[at] = f"{sum(outcomes)}/{len(outcomes)}" if outcomes else f"{value:.{digits}f}"
+            cmap = matplotlib.colormaps["viridis_r" if lower else "viridis"].with_extremes(bad="lightgrey")
+            image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto",
+                              **({"vmin": 0, "vmax": 1} if stem in targets else {}))
+            for (i, j), text in np.ndenumerate(texts):
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white")
             ax.set_xticks(range(len(rates)), [f"{lr:g}" if lr is not None else "—" for lr in rates])
             ax.set_yticks(range(len(memories)), [str(m) for m in memories])
             ax.set(xlabel="learning rate", ylabel="num_memories", title=f"{kind or name}: {label}")

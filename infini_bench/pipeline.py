@@ -459,7 +459,8 @@ def run_suite(config, device, data, stages=()) -> Path | None:
                   f"{results['test'].get('recall_ppl') or float('nan'):.2f}, "
                   f"{time.perf_counter() - start:.0f}s", flush=True)
             leaderboard = write_leaderboard(config.runs_dir, config.leaderboard_dir, config.suite,
-                                            config.description, seeds=seeds_of(config))
+                                            config.description, seeds=seeds_of(config),
+                                            models=config.suite_models or None)
     return leaderboard
 
 

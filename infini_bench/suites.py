@@ -64,9 +64,10 @@ class RunConfig:
     num_seeds: int = 1
     model_defaults: dict = field(default_factory=dict)  # already merged into each model's overrides
     shared_stage_model: ModelSpec | None = None  # the model training.shared_first_stage names (kept under --models)
+    suite_models: list[str] = field(default_factory=list)  # every model's name, --models or not: the leaderboard's rows
 
     def to_dict(self):
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "model_defaults"}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model_defaults", "suite_models")}
 
     @property
     def runs_dir(self) -> Path:
@@ -212,6 +213,7 @@ def load_run_config(suite: str, device: str, preset: str | None = None, data: st
             raise ValueError(f"training.shared_first_stage: {config.training.shared_first_stage!r} is not a model of "
                              f"the suite; accepted: {', '.join(m.name for m in config.models)}")
         config.shared_stage_model = named[0]
+    config.suite_models = [m.name for m in config.models]
     if only_models:
         slugs = [m.slug for m in config.models]
         unknown = [m for m in only_models if m not in slugs]

@@ -103,6 +103,27 @@ def test_floor_differences_in_view_are_not_tested_and_holm_runs_within_each_fami
     assert "2 primary and 1 secondary comparisons are tested" in text
 
 
+def test_an_untested_difference_is_marked_and_unchecked_lengths_are_named(tmp_path):
+    """B's multikey 0 vs the floor's 0 has no discordant document: shown with a dagger, not as a
+    failed test; a length without a local control is named; a table within the floor's view says so."""
+    results = [with_family(run("Floor", 2048, 19, scored=3), "multikey", 0),
+               with_family(run("A", None, 17, scored=12), "multikey", 12),
+               with_family(run("B", None, 17, scored=12), "multikey", 0)]
+    for r in results:
+        r["retrieval"]["cells"] = [c for c in r["retrieval"]["cells"]
+                                   if (c["family"], c["length"], c["depth"]) != ("multikey", 4096, LOCAL)]
+    text = "\n".join(retrieval_section(results, tmp_path, "long"))
+    multikey = text.split("### multikey, filler haystack")[1]
+    (row,) = [line for line in multikey.split("Difference to the floor:")[1].splitlines() if line.startswith("| B ")]
+    assert row.split("|")[3].strip().endswith("†") and "(marked †)" in text
+    assert "No local control at 4K" in multikey and "No local control" not in text.split("### multikey")[0]
+    inside = [run("Floor", 2048, 19, scored=3), run("A", None, 17, scored=12)]
+    for r in inside:
+        r["retrieval"]["cells"] = [c for c in r["retrieval"]["cells"] if c["length"] == 1024]
+    assert "Every length of this table is within the floor's view" in "\n".join(retrieval_section(inside, tmp_path, "long"))
+    assert "within the floor's view" not in text
+
+
 def test_a_local_control_at_chance_at_one_length_is_named_even_when_it_passes_pooled(tmp_path):
     results = [run("Floor", 2048, 19, scored=3), run("Single Memory", None, 17, scored=12)]
     for c in results[1]["retrieval"]["cells"]:
@@ -151,3 +172,19 @@ def test_memory_counts_are_compared_on_the_same_documents_per_lr_and_holm_skips_
     assert all(f"{expected['q']:.2f} (df 2)" == q for q in rows["Cochran's Q"])
     assert all(h.endswith(" *") for h in rows["Holm p"])  # Q = 10, p = 0.0067, x2
     assert list(table[table["lr"] == 1e-3]["Holm p"]) == ["— (no document differs)"] * 2
+
+
+def test_a_sweep_accuracy_heatmap_says_k_of_n_on_a_fixed_scale(tmp_path, monkeypatch):
+    import infini_bench.leaderboard as leaderboard
+
+    drawn = {}
+    monkeypatch.setattr(leaderboard, "_save_png", lambda fig, path: drawn.__setitem__(path.name, fig))
+    trials, runs = [], {}
+    for m, k in ((1, 15), (2, 5)):
+        name = f"m{m}-lr0.003"
+        trials.append({"trial": name, "num_memories": m, "lr": 3e-3, "error": None})
+        runs[name] = {**run(name, None, 20, scored=k), "best_val_ppl": 4.0 + m, "test": {"ppl": 4.1}}
+    leaderboard.plot_sweep(trials, runs, tmp_path, "s")
+    (ax, _colorbar) = drawn["s-retrieval-single-filler-1024.png"].axes
+    assert sorted(t.get_text() for t in ax.texts) == ["15/20", "5/20"]
+    assert ax.images[0].get_clim() == (0, 1)

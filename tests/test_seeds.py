@@ -184,3 +184,20 @@ def test_a_shared_first_stage_is_per_seed_and_leaves_the_seeds_poolable(tmp_path
         seen.append((directory.name, resolved["fingerprint"], resolved["fingerprint_seed_aside"]))
     assert [s[0] for s in seen] == ["shared-first-stage", "shared-first-stage-seed43"]
     assert seen[0][1] != seen[1][1] and seen[0][2] == seen[1][2]
+
+
+def test_a_rebuild_keeps_the_suites_models_and_names_every_commit(two_seeds, tmp_path):
+    """A run left from a model the suite has dropped stays off the page; runs of different commits
+    are named, model by model, in the header."""
+    from infini_bench.leaderboard import write_leaderboard
+
+    runs = tmp_path / "runs" / "smoke"
+    shutil.copytree(two_seeds / "runs" / "smoke", runs, ignore=shutil.ignore_patterns("*.safetensors", "tensorboard"))
+    for path in runs.glob("hierarchical-4*/results.json"):
+        record = json.loads(path.read_text())
+        path.write_text(json.dumps({**record, "git_commit": "0123456789abcdef"}))
+    kept = [name for _, name in MODELS[:3]]
+    page = write_leaderboard(runs, tmp_path / "leaderboard", "smoke", models=kept).read_text()
+    assert "| Hierarchical (4)" not in page and "runs of different commits" not in page
+    page = write_leaderboard(runs, tmp_path / "leaderboard", "smoke").read_text()
+    assert "| Hierarchical (4)" in page and "`0123456789ab` (Hierarchical (4))" in page

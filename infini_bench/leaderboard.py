@@ -1060,7 +1060,8 @@ def first_stage_lines(results) -> list[str]:
             f"a memory model, on the primary task: every model, the floor included, inherits it. "
             f"The choice is made on validation documents only, never on the scored grid below. Every later stage, the data "
             f"and the tables' seed stay the suite's seed ({results[0]['seed']}); only the first stage's weights come from "
-            f"seed {stage['kept_seed']}.", ""]
+            f"seed {stage['kept_seed']}. Every model's train time counts the kept first stage's "
+            f"{stage['train_time_s'] / 60:.1f} minutes (trained once), not the other candidates' or the trials'.", ""]
 
 
 def _own_documents(r) -> str:

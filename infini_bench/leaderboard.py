@@ -1055,13 +1055,22 @@ def first_stage_lines(results) -> list[str]:
             f"{len(stage['candidates'])} candidates trained, each then trained {c0['trial_steps']} steps of the "
             f"second stage and scored on {c0['documents']} validation documents (single NIAH, "
             f"{_length_label(c0['length'])} tokens, needle at depth 0%, training filler's validation split; correct, "
-            f"mean answer log-prob; 95% Wilson): {tried}. Kept: seed {stage['kept_seed']}, first by accuracy, then "
-            f"log-prob (the intervals overlap: the choice is a noisy one). It is made by {stage.get('model_name', 'the model training.shared_first_stage names')}, "
+            f"mean answer log-prob; 95% Wilson): {tried}. Kept: seed {stage['kept_seed']}, "
+            f"{_kept_by(stage['candidates'])}. It is made by {stage.get('model_name', 'the model training.shared_first_stage names')}, "
             f"a memory model, on the primary task: every model, the floor included, inherits it. "
             f"The choice is made on validation documents only, never on the scored grid below. Every later stage, the data "
             f"and the tables' seed stay the suite's seed ({results[0]['seed']}); only the first stage's weights come from "
             f"seed {stage['kept_seed']}. Every model's train time counts the kept first stage's "
             f"{stage['train_time_s'] / 60:.1f} minutes (trained once), not the other candidates' or the trials'.", ""]
+
+
+def _kept_by(candidates) -> str:
+    """How the kept first stage was told from the others: accuracy, or log-prob alone when every
+    candidate answered alike."""
+    if len({c["correct"] for c in candidates}) == 1:
+        return (f"on log-prob alone: every candidate answered {candidates[0]['correct']} of "
+                f"{candidates[0]['documents']}, so none is known to read")
+    return "first by accuracy, then log-prob (the intervals overlap: the choice is a noisy one)"
 
 
 def _own_documents(r) -> str:

@@ -188,3 +188,17 @@ def test_a_sweep_accuracy_heatmap_says_k_of_n_on_a_fixed_scale(tmp_path, monkeyp
     (ax, _colorbar) = drawn["s-retrieval-single-filler-1024.png"].axes
     assert sorted(t.get_text() for t in ax.texts) == ["15/20", "5/20"]
     assert ax.images[0].get_clim() == (0, 1)
+
+
+def test_the_first_stage_paragraph_says_when_no_candidate_answered():
+    from infini_bench.leaderboard import first_stage_lines
+
+    def stage(correct):
+        candidates = [{"seed": 42 + i, "correct": k, "documents": 20, "answer_logprob": -12.0 - i, "length": 1024,
+                       "trial_steps": 250} for i, k in enumerate(correct)]
+        return [{"seed": 42, "shared_first_stage": {"sample_len": 64, "candidates": candidates, "kept_seed": 42,
+                                                     "train_time_s": 600.0, "model_name": "Single Memory"}}]
+    tied = first_stage_lines(stage([0, 0]))[0]
+    assert "Kept: seed 42, on log-prob alone: every candidate answered 0 of 20, so none is known to read" in tied
+    assert "first by accuracy" in first_stage_lines(stage([1, 0]))[0]
+    assert "counts the kept first stage's 10.0 minutes" in tied

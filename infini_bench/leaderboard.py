@@ -652,21 +652,19 @@ def retrieval_section(results, plot_dir: Path, suite: str) -> list[str]:
         table, lengths = retrieval_table(results, family, haystack)
         asks, chance = FAMILY_TEXT[family]
         local, _ = retrieval_table(results, family, haystack, [LOCAL])
-        verdict = local_control_verdict(learnt_locally(results, family, haystack))
+        notes = [local_control_verdict(learnt_locally(results, family, haystack))]
         gaps = local_control_gaps(results, family, haystack)
         if gaps:
-            verdict += (" " if verdict else "") + (
-                f"Local control at the guessing level at a length although above it pooled: {', '.join(gaps)}; "
-                f"there the score cannot separate a memory that fails from a task not learnt at that length.")
+            notes.append(f"Local control at the guessing level at a length although above it pooled: {', '.join(gaps)}; "
+                         f"there the score cannot separate a memory that fails from a task not learnt at that length.")
         if has_floor and max(lengths) <= limit:
-            verdict += (" " if verdict else "") + (
-                f"Every length of this table is within the floor's view ({limit:,} tokens): it shows how well "
-                f"the task was learnt, not what a memory carries.")
+            notes.append(f"Every length of this table is within the floor's view ({limit:,} tokens): it shows how "
+                         f"well the task was learnt, not what a memory carries.")
         unchecked = [n for n in lengths if not any(_cells(r, family, haystack, n, [LOCAL]) for r in results)]
-        if unchecked and grid["depths"][-1] == LOCAL:
-            verdict += (" " if verdict else "") + (
-                f"No local control at {', '.join(map(_length_label, unchecked))}: a miss there cannot be told "
-                f"from a task not learnt at that length.")
+        if unchecked and LOCAL in grid["depths"]:
+            notes.append(f"No local control at {', '.join(map(_length_label, unchecked))}: a miss there cannot be "
+                         f"told from a task not learnt at that length.")
+        verdict = " ".join(note for note in notes if note)
         lines += ["", f"### {family}, {haystack} haystack", "",
                   f"Asks for {asks}; haystack: {HAYSTACK_TEXT[haystack]}. Guessing among the document's "
                   f"answers: {chance}.", "", *([verdict, ""] if verdict else []), _markdown(table), "",
@@ -1228,10 +1226,15 @@ def _target(r, target, depths=None) -> list[int]:
     return _cells(r, family, haystack, length, depths or _scored_depths(r))
 
 
+def _target_stem(target) -> str:
+    """A retrieval target's metric key and plot-file stem."""
+    return f"retrieval-{'-'.join(map(str, target))}"
+
+
 def _sweep_metrics(runs: dict) -> dict:
     """SWEEP_METRICS and an accuracy heatmap per retrieval target."""
     return {**SWEEP_METRICS, **{
-        f"retrieval-{'-'.join(map(str, t))}": (f"{_target_label(t)} acc",
+        _target_stem(t): (f"{_target_label(t)} acc",
                                                 lambda r, t=t: float(np.mean(_target(r, t))) if _target(r, t) else None,
                                                 2, False)
         for t in sweep_targets(runs)}}
@@ -1318,7 +1321,7 @@ def plot_sweep(trials, runs: dict, plot_dir: Path, name: str) -> list[Path]:
     memories = sorted({t.get("num_memories") for t in trials}, key=lambda v: (v is None, v))
     rates = sorted({t.get("lr") for t in trials}, key=lambda v: (v is None, v))
     types = sorted({t.get("memory_type") or "" for t in trials})
-    targets = {f"retrieval-{'-'.join(map(str, t))}": t for t in sweep_targets(runs)}
+    targets = {_target_stem(t): t for t in sweep_targets(runs)}
     paths = []
     for stem, (label, get, digits, lower) in _sweep_metrics(runs).items():
         if not any(get(r) is not None for r in runs.values()):
